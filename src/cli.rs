@@ -1,0 +1,91 @@
+//! Command-line interface of `sandboxed-containers-operator`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::names::DEFAULT_OPERATOR_NAMESPACE;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandboxed-containers-operator",
+    version,
+    about = "Installs and governs Kata Containers (sandboxed containers) on OpenShift and Kubernetes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: reconciler, admission webhooks, metrics and health endpoints.
+    Run(RunArgs),
+    /// Print the KataConfig CustomResourceDefinition as YAML.
+    Crd,
+    /// Print, offline, every object the reconciler would create or change for a KataConfig.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// KataConfig manifest (YAML).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Nodes as `kubectl get nodes -o yaml` prints them (a List, NodeList or Node documents).
+    /// Without it, a built-in example cluster of 3 workers and 3 control-plane nodes is used.
+    #[arg(long)]
+    pub nodes: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Namespace the operator runs in (its Secret, Lease and Services live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_OPERATOR_NAMESPACE)]
+    pub namespace: String,
+    /// Do not run the KataConfig reconciler.
+    #[arg(long)]
+    pub disable_controller: bool,
+    /// Do not serve or register the admission webhooks.
+    #[arg(long)]
+    pub disable_webhooks: bool,
+    /// Do not serve metrics.
+    #[arg(long)]
+    pub disable_metrics: bool,
+    /// Do not take part in leader election (run the reconciler unconditionally).
+    #[arg(long)]
+    pub no_leader_elect: bool,
+    /// Webhook HTTPS listen address.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_bind: SocketAddr,
+    /// Metrics listen address (HTTPS with TokenReview/SubjectAccessReview unless --metrics-insecure).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub metrics_bind: SocketAddr,
+    /// Health listen address (plain HTTP: /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_bind: SocketAddr,
+    /// Serve /metrics over plain HTTP without authentication (local use only).
+    #[arg(long)]
+    pub metrics_insecure: bool,
+    /// Read the serving certificate from DIR/tls.crt and DIR/tls.key (cert-manager, service-ca,
+    /// OLM) instead of managing a CA and certificate in a Secret. Reloaded when the files change.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Register webhooks with clientConfig.url (e.g. https://127.0.0.1:9443) instead of the
+    /// in-cluster Service; the managed certificate then covers that host.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Name of the Service in front of the webhook server.
+    #[arg(long, default_value = "sandboxed-containers-operator-webhook")]
+    pub webhook_service: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,19 @@
+//! Sandboxed containers operator: installs and governs Kata Containers on OpenShift/Kubernetes.
+//!
+//! Where to find things:
+//! - `api`: the `KataConfig` CRD types and typed MCO models;
+//! - `names`: every label, name, port and path of the external contract;
+//! - `selector`: label-selector validation and matching (shared by webhook, reconciler, render);
+//! - `plan`: the pure core: node selection, desired objects, node-by-node progress;
+//! - `crdgen`: the CRD YAML generated from the types;
+//! - `render`: the offline planner behind `sandboxed-containers-operator render`;
+//! - `cli`: command-line definitions.
+
+pub mod api;
+pub mod cli;
+pub mod crdgen;
+pub mod metrics;
+pub mod names;
+pub mod plan;
+pub mod render;
+pub mod selector;

@@ -1,0 +1,32 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use sandboxed_containers_operator::cli::{Cli, Command};
+use sandboxed_containers_operator::{crdgen, render};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crdgen::kataconfig_crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Render(args) => match render::render(&args.file, args.nodes.as_deref()) {
+            Ok(rendered) => {
+                for note in &rendered.notes {
+                    eprintln!("{note}");
+                }
+                print!("{}", rendered.yaml);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(_args) => {
+            eprintln!("error: `run` is not available in this build yet");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Which nodes get kata: cluster topology detection and node selection (pure).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+
+use crate::api::KataConfigSpec;
+use crate::names::{
+    CONTROL_PLANE_ROLE_LABEL, KATA_POOL, KATA_ROLE_LABEL, MASTER_POOL, MASTER_ROLE_LABEL,
+    NFD_KATA_LABEL, WORKER_ROLE_LABEL,
+};
+use crate::selector::{self, FieldError};
+
+/// The parts of a Node the planner reads (a metadata-only watch is enough).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
+        NodeInfo {
+            name: meta.name.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn has_label(&self, key: &str) -> bool {
+        self.labels.contains_key(key)
+    }
+
+    pub fn is_control_plane(&self) -> bool {
+        self.has_label(MASTER_ROLE_LABEL) || self.has_label(CONTROL_PLANE_ROLE_LABEL)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
+    }
+}
+
+/// Whether kata goes onto a dedicated `kata-oc` pool or onto the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Dedicated workers exist: kata nodes move into the `kata-oc` pool.
+    Regular,
+    /// The control-plane nodes are the only schedulable nodes (three-node or single-node
+    /// OpenShift): kata goes onto the `master` pool.
+    Converged,
+}
+
+impl Topology {
+    /// Decided from the nodes themselves: converged when there is a control plane and no node is
+    /// a worker without also being control plane. (Upstream counted pools, which misfires when
+    /// an administrator adds a custom pool.)
+    pub fn detect(nodes: &[NodeInfo]) -> Self {
+        let any_control_plane = nodes.iter().any(NodeInfo::is_control_plane);
+        let any_dedicated_worker = nodes
+            .iter()
+            .any(|n| n.has_label(WORKER_ROLE_LABEL) && !n.is_control_plane());
+        if any_control_plane && !any_dedicated_worker {
+            Topology::Converged
+        } else {
+            Topology::Regular
+        }
+    }
+
+    /// The MachineConfigPool that carries the kata MachineConfigs.
+    pub fn pool_name(self) -> &'static str {
+        match self {
+            Topology::Regular => KATA_POOL,
+            Topology::Converged => MASTER_POOL,
+        }
+    }
+
+    /// The node label the kata nodes carry (and the RuntimeClass schedules onto).
+    pub fn node_role_label(self) -> &'static str {
+        match self {
+            Topology::Regular => KATA_ROLE_LABEL,
+            Topology::Converged => MASTER_ROLE_LABEL,
+        }
+    }
+}
+
+/// The effective selector for kata nodes among the workers: `kataConfigPoolSelector` (absent =
+/// everything) AND, with `checkNodeEligibility`, the NFD kata label.
+pub fn effective_selector(spec: &KataConfigSpec) -> LabelSelector {
+    let mut selector = spec.kata_config_pool_selector.clone().unwrap_or_default();
+    if spec.check_node_eligibility {
+        selector
+            .match_expressions
+            .get_or_insert_with(Vec::new)
+            .push(LabelSelectorRequirement {
+                key: NFD_KATA_LABEL.to_string(),
+                operator: "In".to_string(),
+                values: Some(vec!["true".to_string()]),
+            });
+    }
+    selector
+}
+
+/// Nodes that should run kata, and how node labels must change to get there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSelection {
+    pub topology: Topology,
+    /// Sorted names of the nodes that should run kata.
+    pub kata_nodes: Vec<String>,
+    pub label_changes: Vec<LabelChange>,
+    /// Things the administrator should know that do not stop the install.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    Add { node: String, label: &'static str },
+    Remove { node: String, label: &'static str },
+}
+
+/// Decides the kata nodes. Fails only on an invalid selector (with the field path).
+pub fn select_nodes(
+    spec: &KataConfigSpec,
+    nodes: &[NodeInfo],
+) -> Result<NodeSelection, Vec<FieldError>> {
+    if let Some(sel) = &spec.kata_config_pool_selector {
+        let errors = selector::validate(sel, "spec.kataConfigPoolSelector");
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
+    let topology = Topology::detect(nodes);
+    let mut warnings = Vec::new();
+    let mut kata_nodes: Vec<String>;
+    let mut label_changes = Vec::new();
+    match topology {
+        Topology::Converged => {
+            // The whole master pool gets the MachineConfigs, so a selector cannot pick a subset.
+            if spec.kata_config_pool_selector.is_some() {
+                warnings.push("spec.kataConfigPoolSelector is ignored on a converged cluster (control-plane nodes are the only schedulable nodes): kata is installed on every control-plane node".to_string());
+            }
+            kata_nodes = nodes
+                .iter()
+                .filter(|n| n.is_control_plane())
+                .map(|n| n.name.clone())
+                .collect();
+            if spec.check_node_eligibility {
+                let ineligible: Vec<_> = nodes
+                    .iter()
+                    .filter(|n| n.is_control_plane())
+                    .filter(|n| n.labels.get(NFD_KATA_LABEL).map(String::as_str) != Some("true"))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                if !ineligible.is_empty() {
+                    warnings.push(format!(
+                        "checkNodeEligibility: control-plane nodes {} lack {NFD_KATA_LABEL}=true but share the master pool and will get kata too",
+                        ineligible.join(", ")
+                    ));
+                }
+            }
+        }
+        Topology::Regular => {
+            let sel = effective_selector(spec);
+            kata_nodes = Vec::new();
+            for node in nodes {
+                let wanted = node.has_label(WORKER_ROLE_LABEL)
+                    && !node.is_control_plane()
+                    && selector::matches(&sel, &node.labels);
+                let labelled = node.has_label(KATA_ROLE_LABEL);
+                if wanted {
+                    kata_nodes.push(node.name.clone());
+                }
+                match (wanted, labelled) {
+                    (true, false) => label_changes.push(LabelChange::Add {
+                        node: node.name.clone(),
+                        label: KATA_ROLE_LABEL,
+                    }),
+                    (false, true) => label_changes.push(LabelChange::Remove {
+                        node: node.name.clone(),
+                        label: KATA_ROLE_LABEL,
+                    }),
+                    _ => {}
+                }
+            }
+            if kata_nodes.is_empty() {
+                let why = if spec.check_node_eligibility {
+                    format!(
+                        "no worker node matches spec.kataConfigPoolSelector and carries {NFD_KATA_LABEL}=true (is Node Feature Discovery running?)"
+                    )
+                } else {
+                    "no worker node matches spec.kataConfigPoolSelector".to_string()
+                };
+                warnings.push(why);
+            }
+        }
+    }
+    kata_nodes.sort();
+    label_changes.sort_by(|a, b| change_node(a).cmp(change_node(b)));
+    Ok(NodeSelection {
+        topology,
+        kata_nodes,
+        label_changes,
+        warnings,
+    })
+}
+
+fn change_node(c: &LabelChange) -> &str {
+    match c {
+        LabelChange::Add { node, .. } | LabelChange::Remove { node, .. } => node,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::KataConfigSpec;
+
+    pub fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    pub fn worker(name: &str, extra: &[(&str, &str)]) -> NodeInfo {
+        let mut labels = vec![(WORKER_ROLE_LABEL, "")];
+        labels.extend_from_slice(extra);
+        node(name, &labels)
+    }
+
+    pub fn master(name: &str, schedulable: bool) -> NodeInfo {
+        let mut labels = vec![(MASTER_ROLE_LABEL, ""), (CONTROL_PLANE_ROLE_LABEL, "")];
+        if schedulable {
+            labels.push((WORKER_ROLE_LABEL, ""));
+        }
+        node(name, &labels)
+    }
+
+    fn spec_with(selector: Option<LabelSelector>, check: bool) -> KataConfigSpec {
+        KataConfigSpec {
+            kata_config_pool_selector: selector,
+            check_node_eligibility: check,
+            log_level: "info".into(),
+            ..Default::default()
+        }
+    }
+
+    fn standard_cluster() -> Vec<NodeInfo> {
+        vec![
+            master("m0", false),
+            master("m1", false),
+            master("m2", false),
+            worker("w0", &[("zone", "a")]),
+            worker("w1", &[("zone", "b")]),
+            worker("w2", &[("zone", "a"), (NFD_KATA_LABEL, "true")]),
+        ]
+    }
+
+    #[test]
+    fn no_selector_selects_every_dedicated_worker() {
+        let s = select_nodes(&spec_with(None, false), &standard_cluster()).expect("valid");
+        assert_eq!(s.topology, Topology::Regular);
+        assert_eq!(s.kata_nodes, ["w0", "w1", "w2"]);
+        assert_eq!(s.label_changes.len(), 3);
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn selector_with_only_match_expressions_selects_matching_workers() {
+        let sel = LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into()]),
+            }]),
+        };
+        let s = select_nodes(&spec_with(Some(sel), false), &standard_cluster()).expect("valid");
+        assert_eq!(s.kata_nodes, ["w0", "w2"]);
+    }
+
+    #[test]
+    fn check_node_eligibility_requires_the_nfd_label() {
+        let s = select_nodes(&spec_with(None, true), &standard_cluster()).expect("valid");
+        assert_eq!(s.kata_nodes, ["w2"]);
+    }
+
+    #[test]
+    fn nodes_that_stop_matching_lose_the_label() {
+        let mut nodes = standard_cluster();
+        nodes[3]
+            .labels
+            .insert(KATA_ROLE_LABEL.into(), String::new());
+        nodes[5]
+            .labels
+            .insert(KATA_ROLE_LABEL.into(), String::new());
+        let sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("zone".into(), "b".into())])),
+            match_expressions: None,
+        };
+        let s = select_nodes(&spec_with(Some(sel), false), &nodes).expect("valid");
+        assert_eq!(
+            s.label_changes,
+            [
+                LabelChange::Remove {
+                    node: "w0".into(),
+                    label: KATA_ROLE_LABEL
+                },
+                LabelChange::Add {
+                    node: "w1".into(),
+                    label: KATA_ROLE_LABEL
+                },
+                LabelChange::Remove {
+                    node: "w2".into(),
+                    label: KATA_ROLE_LABEL
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn selector_matching_nothing_warns() {
+        let sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("zone".into(), "nowhere".into())])),
+            match_expressions: None,
+        };
+        let s = select_nodes(&spec_with(Some(sel), false), &standard_cluster()).expect("valid");
+        assert!(s.kata_nodes.is_empty());
+        assert!(s.warnings[0].contains("no worker node matches"));
+    }
+
+    #[test]
+    fn invalid_selector_is_an_error_with_the_field_path() {
+        let sel = LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
+        };
+        let errs =
+            select_nodes(&spec_with(Some(sel), false), &standard_cluster()).expect_err("invalid");
+        assert_eq!(
+            errs[0].field,
+            "spec.kataConfigPoolSelector.matchExpressions[0].values"
+        );
+    }
+
+    #[test]
+    fn three_node_compact_cluster_is_converged() {
+        let nodes = vec![master("m0", true), master("m1", true), master("m2", true)];
+        assert_eq!(Topology::detect(&nodes), Topology::Converged);
+        let s = select_nodes(&spec_with(None, false), &nodes).expect("valid");
+        assert_eq!(s.kata_nodes, ["m0", "m1", "m2"]);
+        assert!(
+            s.label_changes.is_empty(),
+            "converged clusters are never relabelled"
+        );
+        assert_eq!(s.topology.pool_name(), "master");
+    }
+
+    #[test]
+    fn single_node_openshift_is_converged() {
+        let nodes = vec![master("sno", true)];
+        assert_eq!(Topology::detect(&nodes), Topology::Converged);
+    }
+
+    #[test]
+    fn empty_worker_pool_is_converged() {
+        let nodes = vec![
+            master("m0", false),
+            master("m1", false),
+            master("m2", false),
+        ];
+        assert_eq!(Topology::detect(&nodes), Topology::Converged);
+    }
+
+    #[test]
+    fn converged_cluster_ignores_selector_with_a_warning() {
+        let nodes = vec![master("m0", true)];
+        let sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("zone".into(), "a".into())])),
+            match_expressions: None,
+        };
+        let s = select_nodes(&spec_with(Some(sel), true), &nodes).expect("valid");
+        assert_eq!(s.kata_nodes, ["m0"]);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("ignored on a converged cluster"))
+        );
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("checkNodeEligibility"))
+        );
+    }
+
+    #[test]
+    fn one_dedicated_worker_makes_the_cluster_regular() {
+        let nodes = vec![master("m0", true), worker("w0", &[])];
+        assert_eq!(Topology::detect(&nodes), Topology::Regular);
+        let s = select_nodes(&spec_with(None, false), &nodes).expect("valid");
+        assert_eq!(
+            s.kata_nodes,
+            ["w0"],
+            "schedulable masters never join kata-oc"
+        );
+    }
+
+    #[test]
+    fn no_nodes_at_all_is_regular_with_a_warning() {
+        let s = select_nodes(&spec_with(None, false), &[]).expect("valid");
+        assert_eq!(s.topology, Topology::Regular);
+        assert!(!s.warnings.is_empty());
+    }
+}
