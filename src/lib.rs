@@ -12,8 +12,10 @@
 pub mod api;
 pub mod cli;
 pub mod crdgen;
+pub mod health;
 pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod render;
 pub mod selector;
+pub mod server;
