@@ -160,7 +160,7 @@ impl KubeAuthorizer {
             .token_reviews
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| AuthError::TokenReview(one_line(&e.to_string())))?;
+            .map_err(|e| AuthError::TokenReview(describe(&e)))?;
         let Some(status) = answer.status else {
             return Err(AuthError::TokenReview(
                 "the API server answered without a status".into(),
@@ -208,7 +208,7 @@ impl KubeAuthorizer {
             .access_reviews
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| AuthError::SubjectAccessReview(one_line(&e.to_string())))?;
+            .map_err(|e| AuthError::SubjectAccessReview(describe(&e)))?;
         let Some(status) = answer.status else {
             return Err(AuthError::SubjectAccessReview(
                 "the API server answered without a status".into(),
@@ -344,6 +344,17 @@ pub fn kube_authorizer(client: kube::Client, cache_ttl: Duration) -> Arc<dyn Aut
         KubeAuthorizer::new(client),
         cache_ttl,
     ))
+}
+
+/// An API error as the API server phrased it (`message (code Reason)`), else the client error.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => one_line(&format!(
+            "{} ({} {})",
+            status.message, status.code, status.reason
+        )),
+        other => one_line(&other.to_string()),
+    }
 }
 
 /// Reasons end up in a one-line HTTP body and in log fields.

@@ -67,10 +67,10 @@ pub async fn serve_metrics(
 }
 
 async fn scrape(State(state): State<MetricsState>, headers: HeaderMap) -> Response {
-    if let Some(authorizer) = &state.authorizer {
-        if let Err(denied) = check(authorizer.as_ref(), &headers).await {
-            return denied;
-        }
+    if let Some(authorizer) = &state.authorizer
+        && let Err(denied) = check(authorizer.as_ref(), &headers).await
+    {
+        return denied;
     }
     (
         [(header::CONTENT_TYPE, EXPOSITION_CONTENT_TYPE)],
