@@ -2,6 +2,7 @@
 //! HTTP without either under `--metrics-insecure`. No side-car proxy needed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +15,10 @@ use tracing::{debug, info, warn};
 
 use super::auth::{Authorizer, BearerToken, Decision, METRICS_PATH, METRICS_VERB, one_line};
 use crate::metrics::Metrics;
+
+/// Longest a scrape waits for the API server's reviews; Prometheus gives up after its own
+/// scrape timeout (10 s by default) anyway, and a stuck review must not pin a connection.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Content type of the Prometheus text exposition format the registry encodes.
 pub const EXPOSITION_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -85,7 +90,17 @@ async fn check(authorizer: &dyn Authorizer, headers: &HeaderMap) -> Result<(), R
         debug!(%reason, "metrics request without a usable bearer token");
         unauthorized(&reason)
     })?;
-    match authorizer.review(&token).await {
+    let Ok(review) = tokio::time::timeout(REVIEW_TIMEOUT, authorizer.review(&token)).await else {
+        warn!(timeout = ?REVIEW_TIMEOUT, "metrics request review timed out");
+        return Err(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!(
+                "could not check the bearer token: the API server did not answer within {}s",
+                REVIEW_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match review {
         Ok(Decision::Allowed { user }) => {
             debug!(user = %user.username, "metrics scrape authorized");
             Ok(())
@@ -128,4 +143,46 @@ fn unauthorized(reason: &str) -> Response {
 /// A one-line `text/plain` body.
 fn plain(status: StatusCode, message: &str) -> Response {
     (status, format!("{}\n", one_line(message))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observability::auth::AuthError;
+    use futures::future::BoxFuture;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// Never answers, like an API server that accepted the connection and hung.
+    struct Hanging;
+
+    impl Authorizer for Hanging {
+        fn review<'a>(
+            &'a self,
+            _token: &'a BearerToken,
+        ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_review_ends_in_500_after_the_timeout() {
+        let router = metrics_router(Arc::new(Metrics::new()), Some(Arc::new(Hanging)));
+        let request = http::Request::get(METRICS_PATH)
+            .header(header::AUTHORIZATION, "Bearer some-token")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = router.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(
+            body,
+            "could not check the bearer token: the API server did not answer within 10s\n"
+        );
+    }
 }
