@@ -1054,3 +1054,20 @@ async fn sigterm_cancels_the_shutdown_token_and_every_child() {
         .expect("SIGTERM cancels the token");
     assert!(clone.is_cancelled());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logging set-up.
+
+#[test]
+fn init_logging_refuses_to_replace_an_installed_subscriber() {
+    captured_logs();
+    let err = sandboxed_containers_operator::observability::init_logging(
+        sandboxed_containers_operator::cli::LogFormat::Json,
+    )
+    .expect_err("a global subscriber is already installed");
+    assert!(
+        err.to_string()
+            .starts_with("cannot install the log subscriber: "),
+        "{err}"
+    );
+}
