@@ -19,3 +19,4 @@ pub mod plan;
 pub mod render;
 pub mod selector;
 pub mod server;
+pub mod packaging;
