@@ -20,3 +20,4 @@ pub mod render;
 pub mod selector;
 pub mod server;
 pub mod packaging;
+pub mod schema_validation;

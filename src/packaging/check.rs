@@ -950,3 +950,251 @@ pub fn read_bundle_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     out.sort();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packaging::{bundle_dockerfile, bundle_files};
+    use serde_json::json;
+
+    fn generated() -> Vec<(PathBuf, String)> {
+        bundle_files().expect("bundle")
+    }
+
+    fn csv_path() -> PathBuf {
+        PathBuf::from("manifests").join(crate::packaging::csv_file())
+    }
+
+    /// The generated bundle with its CSV changed by `f`.
+    fn with_csv(mut f: impl FnMut(&mut Value)) -> Vec<String> {
+        let mut files = generated();
+        for (path, content) in &mut files {
+            if *path == csv_path() {
+                let mut csv: Value = serde_yaml::from_str(content).expect("csv");
+                f(&mut csv);
+                *content = serde_yaml::to_string(&csv).expect("yaml");
+            }
+        }
+        check_bundle(&files, &bundle_dockerfile())
+    }
+
+    fn assert_finding(findings: &[String], needle: &str) {
+        assert!(
+            findings.iter().any(|f| f.contains(needle)),
+            "expected a finding containing {needle:?}, got {findings:#?}"
+        );
+    }
+
+    #[test]
+    fn generated_bundle_passes() {
+        let findings = check_bundle(&generated(), &bundle_dockerfile());
+        assert!(findings.is_empty(), "{findings:#?}");
+    }
+
+    #[test]
+    fn semver_and_ranges() {
+        for ok in ["0.1.0", "1.27.0", "1.0.0-rc.1", "1.0.0+build.5"] {
+            assert!(is_semver(ok), "{ok}");
+        }
+        for bad in ["1.27", "v1.0.0", "01.0.0", "1.0.0-", ""] {
+            assert!(!is_semver(bad), "{bad}");
+        }
+        assert!(is_semver_range(">=0.1.0 <0.2.0"));
+        assert!(is_semver_range("<1.0.0 || >=2.0.0"));
+        assert!(!is_semver_range(">=0.1 <0.2.0"));
+        assert!(!is_semver_range(""));
+    }
+
+    #[test]
+    fn image_references() {
+        assert!(is_image_reference("quay.io/a/b:v1"));
+        assert!(is_image_reference("localhost:5000/a/b"));
+        assert!(is_image_reference(&format!("quay.io/a/b@sha256:{}", "a".repeat(64))));
+        assert!(!is_image_reference("quay.io/a/b@sha256:abc"));
+        assert!(!is_image_reference("quay.io/a b"));
+    }
+
+    #[test]
+    fn planted_csv_faults_are_reported() {
+        type Plant = fn(&mut Value);
+        let cases: &[(Plant, &str)] = &[
+            (|c| c["metadata"]["name"] = json!("Sandboxed_Operator"), "metadata.name: \"Sandboxed_Operator\" must be a DNS-1123 subdomain"),
+            (|c| c["spec"]["version"] = json!("0.1"), "spec.version: \"0.1\" is not a semantic version"),
+            (|c| c["spec"]["minKubeVersion"] = json!("1.27"), "spec.minKubeVersion: \"1.27\" is not a full semantic version"),
+            (|c| c["metadata"]["annotations"]["olm.skiprange"] = json!(">=0.0.1 <0.1.0"), "olm.skiprange: wrong case"),
+            (|c| c["metadata"]["annotations"]["olm.skipRange"] = json!(">=0.0.1 <0.1.0"), "set without spec.replaces"),
+            (|c| c["spec"]["installModes"][0]["type"] = json!("OwnNamespaces"), "spec.installModes[0].type: \"OwnNamespaces\" is not an install mode"),
+            (|c| c["spec"]["installModes"][1]["type"] = json!("OwnNamespace"), "spec.installModes[1].type: OwnNamespace is listed twice"),
+            (|c| c["spec"]["installModes"][0]["supported"] = json!(false), "no mode is supported"),
+            (|c| c["metadata"]["annotations"]["alm-examples"] = json!("[{"), "alm-examples: not a JSON array"),
+            (|c| c["metadata"]["annotations"]["alm-examples"] = json!("[{\"apiVersion\":\"kataconfiguration.openshift.io/v2\",\"kind\":\"KataConfig\"}]"), "is not an owned CRD of this CSV"),
+            (|c| c["spec"]["install"]["spec"]["deployments"][0]["spec"]["selector"]["matchLabels"]["extra"] = json!("x"), "selector.matchLabels.extra: not carried by the pod template labels"),
+            (|c| c["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"][0]["resources"] = json!({}), "resources.requests.cpu: missing"),
+            (|c| c["spec"]["install"]["spec"]["deployments"][0]["name"] = json!("op.v1"), "must be a DNS-1123 label of at most 55 characters without dots"),
+            (|c| c["spec"]["relatedImages"] = json!([]), "spec.relatedImages: empty"),
+            (|c| c["metadata"]["annotations"]["features.operators.openshift.io/disconnected"] = json!("true"), "is not pinned by digest"),
+            (|c| c["metadata"]["annotations"]["features.operators.openshift.io/fips-compliant"] = json!("True"), "fips-compliant: Some(\"True\"); must be \"true\" or \"false\""),
+            (|c| { c["metadata"]["annotations"].as_object_mut().expect("map").remove("features.operators.openshift.io/tls-profiles"); }, "tls-profiles: None"),
+            (|c| c["metadata"]["annotations"]["operators.openshift.io/infrastructure-features"] = json!("[\"disconnected\"]"), "infrastructure-features: deprecated"),
+            (|c| c["metadata"]["annotations"]["operators.openshift.io/valid-subscription"] = json!("OpenShift"), "valid-subscription: must be a JSON array"),
+            (|c| c["metadata"]["annotations"]["capabilities"] = json!("Fully Automatic"), "capabilities: Some(\"Fully Automatic\")"),
+            (|c| c["metadata"]["annotations"]["categories"] = json!("Security, Virtualisation"), "categories: \"Virtualisation\" is not an OperatorHub category"),
+            (|c| c["metadata"]["annotations"]["createdAt"] = json!("yesterday"), "createdAt: Some(\"yesterday\") is not an RFC 3339 time"),
+            (|c| c["spec"]["maintainers"][0]["email"] = json!("nobody"), "spec.maintainers[0]: needs a name and a valid email"),
+            (|c| c["spec"]["links"][0]["url"] = json!("github"), "spec.links[0]: needs a name and an http(s) url"),
+            (|c| c["spec"]["icon"][0]["mediatype"] = json!("image/bmp"), "spec.icon[0].mediatype: \"image/bmp\""),
+            (|c| c["spec"]["icon"][0]["base64data"] = json!("@@@"), "spec.icon[0].base64data: not valid base64"),
+            (|c| c["spec"]["provider"]["name"] = json!(""), "spec.provider.name: missing"),
+            (|c| c["spec"]["displayName"] = json!("K"), "spec.displayName: \"K\" must be 3 to 50 characters"),
+            (|c| c["spec"]["nativeAPIs"] = json!([]), "spec.nativeAPIs: MachineConfig (machineconfiguration.openshift.io/v1) missing"),
+            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0]["verbs"] = json!(["*"]), "wildcard grant"),
+            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] = json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["create"]}), "must not create or change CRDs"),
+            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "Secrets granted cluster-wide"),
+            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["statusDescriptors"][0]["path"] = json!("kataNodes.readyCount"), "status.kataNodes.readyCount does not exist in the CRD schema"),
+            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["version"] = json!("v2"), "version: v2 is not a served version"),
+            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["specDescriptors"] = json!([]), "alm-examples[0].spec.checkNodeEligibility: no specDescriptor"),
+            (|c| c["metadata"]["name"] = json!("other-operator.v0.1.0"), "does not start with the package name sandboxed-containers-operator"),
+        ];
+        for (plant, needle) in cases {
+            assert_finding(&with_csv(plant), needle);
+        }
+    }
+
+    fn webhook(rules: Value) -> Value {
+        json!({
+            "type": "ValidatingAdmissionWebhook",
+            "generateName": "vkataconfig.kb.io",
+            "deploymentName": "sandboxed-containers-operator",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "rules": rules,
+        })
+    }
+
+    #[test]
+    fn a_valid_webhook_definition_passes() {
+        let findings = with_csv(|c| {
+            c["spec"]["webhookdefinitions"] = json!([webhook(json!([{
+                "apiGroups": ["kataconfiguration.openshift.io"], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["kataconfigs"],
+            }]))]);
+        });
+        assert!(findings.is_empty(), "{findings:#?}");
+    }
+
+    #[test]
+    fn webhook_rules_olm_forbids_are_reported() {
+        let cases = [
+            (json!({"apiGroups": ["operators.coreos.com"], "resources": ["subscriptions"]}), "intercepting operators.coreos.com is forbidden by OLM"),
+            (json!({"apiGroups": ["olm.operatorframework.io"], "resources": ["clusterextensions"]}), "intercepting olm.operatorframework.io is forbidden"),
+            (json!({"apiGroups": ["*"], "resources": ["pods"]}), "apiGroups: \"*\" is forbidden by OLM"),
+            (json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"]}), "intercepting admissionregistration.k8s.io validatingwebhookconfigurations is forbidden"),
+            (json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["MutatingWebhookConfiguration"]}), "intercepting admissionregistration.k8s.io mutatingwebhookconfiguration is forbidden"),
+            (json!({"apiGroups": [""], "resources": ["*"]}), "intercepts every resource"),
+        ];
+        for (rule, needle) in cases {
+            assert_finding(&with_csv(|c| c["spec"]["webhookdefinitions"] = json!([webhook(json!([rule]))])), needle);
+        }
+    }
+
+    #[test]
+    fn webhook_definition_fields_are_checked() {
+        type Plant = fn(&mut Value);
+        let cases: &[(Plant, &str)] = &[
+            (|w| w["generateName"] = json!("vkata"), "generateName: \"vkata\" must be a fully qualified"),
+            (|w| w["deploymentName"] = json!("missing"), "deploymentName: \"missing\" is not a deployment"),
+            (|w| w["sideEffects"] = json!("Some"), "sideEffects: \"Some\""),
+            (|w| w["admissionReviewVersions"] = json!(["v1beta1"]), "admissionReviewVersions: [\"v1beta1\"]; use [v1]"),
+            (|w| w["timeoutSeconds"] = json!(60), "timeoutSeconds: 60 is outside 1..30"),
+            (|w| w["type"] = json!("ConversionWebhook"), "with a conversion webhook must support only AllNamespaces"),
+        ];
+        for (plant, needle) in cases {
+            let findings = with_csv(|c| {
+                let mut w = webhook(json!([]));
+                plant(&mut w);
+                c["spec"]["webhookdefinitions"] = json!([w.clone(), w]);
+            });
+            assert_finding(&findings, needle);
+            assert_finding(&findings, "is used by 2 webhook definitions");
+        }
+    }
+
+    #[test]
+    fn planted_layout_faults_are_reported() {
+        let dockerfile = bundle_dockerfile();
+        let mut files = generated();
+        files.push((PathBuf::from("manifests/sub/x.yaml"), "kind: ConfigMap\nmetadata: {name: x}\n".into()));
+        files.push((PathBuf::from("manifests/.hidden"), String::new()));
+        files.push((
+            PathBuf::from("manifests/op_apps_v1_deployment.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: op}\n".into(),
+        ));
+        files.push((
+            PathBuf::from("manifests/sa_v1_serviceaccount.yaml"),
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sandboxed-containers-operator}\n".into(),
+        ));
+        files.push((
+            PathBuf::from("manifests/extra.crd.yaml"),
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\n".into(),
+        ));
+        let f = check_bundle(&files, &dockerfile);
+        assert_finding(&f, "manifests/sub/x.yaml: manifests/ must be flat");
+        assert_finding(&f, "manifests/.hidden: hidden files are not allowed");
+        assert_finding(&f, "kind \"Deployment\" is not allowed in a registry+v1 bundle");
+        assert_finding(&f, "ServiceAccount sandboxed-containers-operator clashes");
+        assert_finding(&f, "CRD widgets.example.com is not owned by the CSV");
+
+        let no_crd: Vec<_> = generated()
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with(crate::packaging::CRD_FILE))
+            .collect();
+        assert_finding(
+            &check_bundle(&no_crd, &dockerfile),
+            "no CustomResourceDefinition kataconfigs.kataconfiguration.openshift.io in manifests/",
+        );
+        let no_csv: Vec<_> = generated().into_iter().filter(|(p, _)| *p != csv_path()).collect();
+        assert_finding(&check_bundle(&no_csv, &dockerfile), "0 ClusterServiceVersions");
+        let huge = vec![(PathBuf::from("manifests/big.yaml"), format!("kind: ConfigMap\nmetadata: {{name: big}}\ndata: {{x: '{}'}}\n", "a".repeat(1 << 20)))];
+        assert_finding(&check_bundle(&huge, &dockerfile), "exceeds OLM's 1 MiB bundle limit");
+    }
+
+    #[test]
+    fn annotations_and_dockerfile_must_agree() {
+        let files = generated();
+        let drifted = bundle_dockerfile().replace("channels.v1=stable", "channels.v1=fast");
+        assert_finding(
+            &check_bundle(&files, &drifted),
+            "LABEL operators.operatorframework.io.bundle.channels.v1=fast differs from annotations.yaml (stable)",
+        );
+        let extra = format!("{}LABEL foo=bar\n", bundle_dockerfile());
+        assert_finding(&check_bundle(&files, &extra), "LABEL foo is not in annotations.yaml");
+
+        let edit = |from: &str, to: &str| -> Vec<String> {
+            let files: Vec<_> = generated()
+                .into_iter()
+                .map(|(p, c)| {
+                    if p.ends_with("annotations.yaml") { (p, c.replace(from, to)) } else { (p, c) }
+                })
+                .collect();
+            check_bundle(&files, &bundle_dockerfile())
+        };
+        assert_finding(&edit("channel.default.v1: stable", "channel.default.v1: fast"), "default channel \"fast\" is not one of the channels");
+        assert_finding(&edit("manifests.v1: manifests/", "manifests.v1: manifest/"), "manifests.v1 is \"manifest/\"; must be manifests/");
+        assert_finding(&edit("  com.redhat.openshift.versions: v4.14\n", ""), "com.redhat.openshift.versions missing");
+        assert_finding(&edit("annotations:", "notes:"), "needs an `annotations` map");
+        let none: Vec<_> = generated().into_iter().filter(|(p, _)| !p.ends_with("annotations.yaml")).collect();
+        assert_finding(&check_bundle(&none, &bundle_dockerfile()), "metadata/annotations.yaml: missing");
+    }
+
+    #[test]
+    fn reads_a_bundle_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::packaging::write_bundle(dir.path()).expect("write");
+        let files = read_bundle_dir(dir.path()).expect("read");
+        let mut expected = generated();
+        expected.sort();
+        assert_eq!(files, expected);
+        let err = read_bundle_dir(&dir.path().join("missing")).expect_err("missing dir");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+}
