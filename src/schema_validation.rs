@@ -285,7 +285,10 @@ mod tests {
 
     #[test]
     fn byte_format_requires_base64() {
-        let s = to_json_schema(&json!({"type": "string", "format": "byte"}), Strictness::Strict);
+        let s = to_json_schema(
+            &json!({"type": "string", "format": "byte"}),
+            Strictness::Strict,
+        );
         assert!(errors(&s, &json!("aGVsbG8=")).is_empty());
         assert!(!errors(&s, &json!("not base64!")).is_empty());
     }
@@ -312,7 +315,10 @@ mod tests {
         let bad = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "annotations": {"certified": false}}, "spec": {"n": "1"}});
         let e = errors(&s, &bad);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("/metadata/annotations/certified")));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("/metadata/annotations/certified"))
+        );
         assert!(e.iter().any(|m| m.starts_with("/spec/n")));
     }
 
@@ -324,8 +330,12 @@ mod tests {
             err.to_string(),
             "CRD widgets.example.com has no version \"v2\" (versions: v1)"
         );
-        let err = crd_json_schema(&json!({"kind": "Service", "metadata": {"name": "s"}}), "v1", Strictness::Strict)
-            .expect_err("not a CRD");
+        let err = crd_json_schema(
+            &json!({"kind": "Service", "metadata": {"name": "s"}}),
+            "v1",
+            Strictness::Strict,
+        )
+        .expect_err("not a CRD");
         assert_eq!(err.to_string(), "not a CustomResourceDefinition: s");
         let no_schema = json!({"kind": "CustomResourceDefinition", "metadata": {"name": "x"}, "spec": {"versions": [{"name": "v1"}]}});
         let err = crd_json_schema(&no_schema, "v1", Strictness::Strict).expect_err("no schema");

@@ -51,7 +51,10 @@ impl Schema {
     fn from_crd(crd: &Value, version: &str) -> Self {
         let schema = crd_json_schema(crd, version, Strictness::Strict).expect("CRD schema");
         Schema {
-            name: crd["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            name: crd["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             validator: jsonschema::draft7::new(&schema).expect("schema compiles"),
         }
     }
@@ -135,24 +138,25 @@ fn committed_bundle_and_deploy_match_the_generator() {
 #[test]
 fn generated_yaml_reads_back_as_the_same_objects() {
     let csv = generated_csv();
-    let back: Value = serde_yaml::from_str(&packaging::to_yaml(&csv).expect("yaml")).expect("parse");
+    let back: Value =
+        serde_yaml::from_str(&packaging::to_yaml(&csv).expect("yaml")).expect("parse");
     assert_eq!(back, csv);
 }
 
 #[test]
 fn committed_bundle_passes_the_semantic_checker() {
     let files = check::read_bundle_dir(&repo().join("bundle")).expect("bundle dir");
-    let dockerfile = std::fs::read_to_string(repo().join("bundle.Dockerfile")).expect("bundle.Dockerfile");
+    let dockerfile =
+        std::fs::read_to_string(repo().join("bundle.Dockerfile")).expect("bundle.Dockerfile");
     let findings = check::check_bundle(&files, &dockerfile);
     assert!(findings.is_empty(), "{findings:#?}");
 }
 
 #[test]
 fn bundle_crd_is_the_one_crdgen_generates() {
-    let committed = std::fs::read_to_string(
-        repo().join("bundle/manifests").join(packaging::CRD_FILE),
-    )
-    .expect("CRD file");
+    let committed =
+        std::fs::read_to_string(repo().join("bundle/manifests").join(packaging::CRD_FILE))
+            .expect("CRD file");
     assert_eq!(committed, crdgen::kataconfig_crd_yaml());
 }
 
@@ -163,7 +167,12 @@ fn rules_of(v: &Value) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
     for rule in v.as_array().into_iter().flatten() {
         let list = |k: &str| -> Vec<String> {
-            rule[k].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+            rule[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
         };
         for g in list("apiGroups") {
             for r in list("resources") {
@@ -179,7 +188,13 @@ fn table(scope: rbac::Scope) -> Vec<(String, String, Vec<String>)> {
     let mut out: Vec<_> = rbac::rules()
         .iter()
         .filter(|r| r.scope == scope)
-        .map(|r| (r.group.to_string(), r.resource.to_string(), r.verbs.iter().map(|v| v.to_string()).collect()))
+        .map(|r| {
+            (
+                r.group.to_string(),
+                r.resource.to_string(),
+                r.verbs.iter().map(|v| v.to_string()).collect(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -189,9 +204,18 @@ fn table(scope: rbac::Scope) -> Vec<(String, String, Vec<String>)> {
 fn generated_rbac_equals_the_table_everywhere() {
     let csv = generated_csv();
     let strategy = &csv["spec"]["install"]["spec"];
-    assert_eq!(rules_of(&strategy["clusterPermissions"][0]["rules"]), table(rbac::Scope::Cluster));
-    assert_eq!(rules_of(&strategy["permissions"][0]["rules"]), table(rbac::Scope::OperatorNamespace));
-    assert_eq!(strategy["clusterPermissions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        rules_of(&strategy["clusterPermissions"][0]["rules"]),
+        table(rbac::Scope::Cluster)
+    );
+    assert_eq!(
+        rules_of(&strategy["permissions"][0]["rules"]),
+        table(rbac::Scope::OperatorNamespace)
+    );
+    assert_eq!(
+        strategy["clusterPermissions"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(strategy["permissions"].as_array().map(Vec::len), Some(1));
 
     let deploy = std::fs::read_to_string(repo().join("deploy/operator.yaml")).expect("deploy");
@@ -202,9 +226,18 @@ fn generated_rbac_equals_the_table_everywhere() {
             .unwrap_or_else(|| panic!("{kind} {name} missing from deploy/operator.yaml"))
     };
     let op = packaging::OPERATOR_NAME;
-    assert_eq!(rules_of(&find("ClusterRole", op)["rules"]), table(rbac::Scope::Cluster));
-    assert_eq!(rules_of(&find("Role", op)["rules"]), table(rbac::Scope::OperatorNamespace));
-    assert_eq!(find("Role", op)["metadata"]["namespace"], sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE);
+    assert_eq!(
+        rules_of(&find("ClusterRole", op)["rules"]),
+        table(rbac::Scope::Cluster)
+    );
+    assert_eq!(
+        rules_of(&find("Role", op)["rules"]),
+        table(rbac::Scope::OperatorNamespace)
+    );
+    assert_eq!(
+        find("Role", op)["metadata"]["namespace"],
+        sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE
+    );
     assert_eq!(find("RoleBinding", op)["roleRef"]["name"], op);
     assert_eq!(find("ClusterRoleBinding", op)["subjects"][0]["name"], op);
 }
@@ -215,7 +248,10 @@ fn rbac_has_no_wildcards_secrets_only_namespaced_nodes_only_read_and_patch() {
     let strategy = &csv["spec"]["install"]["spec"];
     for (section, cluster) in [("clusterPermissions", true), ("permissions", false)] {
         for (g, r, verbs) in rules_of(&strategy[section][0]["rules"]) {
-            assert!(g != "*" && r != "*" && !verbs.iter().any(|v| v == "*"), "wildcard in {section}: {g}/{r} {verbs:?}");
+            assert!(
+                g != "*" && r != "*" && !verbs.iter().any(|v| v == "*"),
+                "wildcard in {section}: {g}/{r} {verbs:?}"
+            );
             if r == "secrets" {
                 assert!(!cluster, "Secrets granted cluster-wide");
             }
@@ -227,7 +263,10 @@ fn rbac_has_no_wildcards_secrets_only_namespaced_nodes_only_read_and_patch() {
     let metrics_reader = load_yaml(&repo().join(
         "bundle/manifests/sandboxed-containers-operator-metrics-reader_rbac.authorization.k8s.io_v1_clusterrole.yaml",
     ));
-    assert_eq!(metrics_reader["rules"], json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]));
+    assert_eq!(
+        metrics_reader["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,22 +282,42 @@ fn csv_validates_against_the_olm_csv_schema() {
 fn csv_schema_catches_planted_faults() {
     let schema = csv_schema();
     let mut missing = generated_csv();
-    missing["spec"].as_object_mut().expect("spec").remove("displayName");
+    missing["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("displayName");
     schema.assert_caught(&missing, "/spec");
-    assert!(schema.errors(&missing).iter().any(|e| e.contains("displayName")));
+    assert!(
+        schema
+            .errors(&missing)
+            .iter()
+            .any(|e| e.contains("displayName"))
+    );
 
     let mut unknown = generated_csv();
     unknown["spec"]["maturty"] = json!("alpha");
     schema.assert_caught(&unknown, "/spec");
-    assert!(schema.errors(&unknown).iter().any(|e| e.contains("maturty")));
+    assert!(
+        schema
+            .errors(&unknown)
+            .iter()
+            .any(|e| e.contains("maturty"))
+    );
 
     let mut wrong_type = generated_csv();
     wrong_type["spec"]["install"]["spec"]["deployments"][0]["spec"]["replicas"] = json!("one");
-    schema.assert_caught(&wrong_type, "/spec/install/spec/deployments/0/spec/replicas");
+    schema.assert_caught(
+        &wrong_type,
+        "/spec/install/spec/deployments/0/spec/replicas",
+    );
 
     let mut bad_container = generated_csv();
-    bad_container["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"][0]["bogusField"] = json!(1);
-    schema.assert_caught(&bad_container, "/spec/install/spec/deployments/0/spec/template/spec/containers/0");
+    bad_container["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"]
+        [0]["bogusField"] = json!(1);
+    schema.assert_caught(
+        &bad_container,
+        "/spec/install/spec/deployments/0/spec/template/spec/containers/0",
+    );
 
     let mut bad_webhook = generated_csv();
     bad_webhook["spec"]["webhookdefinitions"] = json!([{
@@ -280,7 +339,10 @@ fn a_bad_install_mode_passes_the_schema_but_not_the_checker() {
     csv_schema().assert_valid(&bad, "a CSV with a misspelt install mode");
     let findings = check::check_csv(&bad);
     assert!(
-        findings.iter().any(|f| f.contains("spec.installModes[0].type: \"OwnNamespaces\" is not an install mode")),
+        findings
+            .iter()
+            .any(|f| f
+                .contains("spec.installModes[0].type: \"OwnNamespaces\" is not an install mode")),
         "{findings:?}"
     );
 }
@@ -298,7 +360,9 @@ fn a_forbidden_webhook_rule_passes_the_schema_but_not_the_checker() {
     csv_schema().assert_valid(&bad, "a CSV whose webhook intercepts OLM");
     let findings = check::check_csv(&bad);
     assert!(
-        findings.iter().any(|f| f.contains("intercepting operators.coreos.com is forbidden by OLM")),
+        findings
+            .iter()
+            .any(|f| f.contains("intercepting operators.coreos.com is forbidden by OLM")),
         "{findings:?}"
     );
 }
@@ -319,7 +383,10 @@ fn every_alm_example_validates_against_our_crd() {
     )
     .expect("JSON");
     schema.assert_valid(&init, "the initialization resource");
-    for file in ["examples/kataconfig.yaml", "examples/kataconfig-selector.yaml"] {
+    for file in [
+        "examples/kataconfig.yaml",
+        "examples/kataconfig-selector.yaml",
+    ] {
         schema.assert_valid(&load_yaml(&repo().join(file)), file);
     }
 }
@@ -350,8 +417,12 @@ fn rendered(kataconfig: &str, nodes: Option<&str>) -> Vec<Value> {
 fn mco_schema(kind: &str) -> Schema {
     match kind {
         "MachineConfig" => Schema::upstream("0000_80_machine-config_01_machineconfigs.crd.yaml"),
-        "MachineConfigPool" => Schema::upstream("0000_80_machine-config_01_machineconfigpools.crd.yaml"),
-        "ContainerRuntimeConfig" => Schema::upstream("0000_80_machine-config_01_containerruntimeconfigs-Default.crd.yaml"),
+        "MachineConfigPool" => {
+            Schema::upstream("0000_80_machine-config_01_machineconfigpools.crd.yaml")
+        }
+        "ContainerRuntimeConfig" => {
+            Schema::upstream("0000_80_machine-config_01_containerruntimeconfigs-Default.crd.yaml")
+        }
         other => panic!("no MCO schema for {other}"),
     }
 }
@@ -361,23 +432,44 @@ fn rendered_mco_objects_validate_against_the_upstream_crds() {
     let mut seen = std::collections::BTreeSet::new();
     for (kc, nodes) in [
         ("examples/kataconfig.yaml", None),
-        ("examples/kataconfig-selector.yaml", Some("examples/nodes.yaml")),
+        (
+            "examples/kataconfig-selector.yaml",
+            Some("examples/nodes.yaml"),
+        ),
     ] {
         for obj in rendered(kc, nodes) {
             let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-            if ["MachineConfig", "MachineConfigPool", "ContainerRuntimeConfig"].contains(&kind.as_str()) {
+            if [
+                "MachineConfig",
+                "MachineConfigPool",
+                "ContainerRuntimeConfig",
+            ]
+            .contains(&kind.as_str())
+            {
                 mco_schema(&kind).assert_valid(&obj, &format!("{kind} rendered from {kc}"));
                 seen.insert(kind);
             }
         }
     }
-    assert_eq!(seen.len(), 3, "expected all three MCO kinds in the render output, saw {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "expected all three MCO kinds in the render output, saw {seen:?}"
+    );
 }
 
 #[test]
 fn mco_schemas_catch_planted_wrong_types() {
-    let docs = rendered("examples/kataconfig-selector.yaml", Some("examples/nodes.yaml"));
-    let first = |kind: &str| docs.iter().find(|d| d["kind"] == kind).cloned().expect(kind);
+    let docs = rendered(
+        "examples/kataconfig-selector.yaml",
+        Some("examples/nodes.yaml"),
+    );
+    let first = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .cloned()
+            .expect(kind)
+    };
 
     let mut mc = first("MachineConfig");
     mc["spec"]["extensions"] = json!("kata-containers");
@@ -433,7 +525,9 @@ fn core_objects() -> Vec<Value> {
     for (path, content) in check::read_bundle_dir(&repo().join("bundle")).expect("bundle") {
         let obj: Value = serde_yaml::from_str(&content).expect("YAML");
         let group = obj["apiVersion"].as_str().unwrap_or_default();
-        if path.starts_with("manifests") && (group == "v1" || group.starts_with("rbac.authorization.k8s.io")) {
+        if path.starts_with("manifests")
+            && (group == "v1" || group.starts_with("rbac.authorization.k8s.io"))
+        {
             objects.push(obj);
         }
     }
@@ -444,7 +538,10 @@ fn core_objects() -> Vec<Value> {
     // What `render` prints: Node label patches and the RuntimeClass.
     for (kc, nodes) in [
         ("examples/kataconfig.yaml", None),
-        ("examples/kataconfig-selector.yaml", Some("examples/nodes.yaml")),
+        (
+            "examples/kataconfig-selector.yaml",
+            Some("examples/nodes.yaml"),
+        ),
     ] {
         objects.extend(
             rendered(kc, nodes)
@@ -458,7 +555,9 @@ fn core_objects() -> Vec<Value> {
 #[test]
 fn core_objects_pass_kubernetes_validate_strict() {
     let Some(tool) = kubernetes_validate() else {
-        println!("SKIP core_objects_pass_kubernetes_validate_strict: kubernetes-validate not installed (hack/test.sh installs it and sets KUBERNETES_VALIDATE)");
+        println!(
+            "SKIP core_objects_pass_kubernetes_validate_strict: kubernetes-validate not installed (hack/test.sh installs it and sets KUBERNETES_VALIDATE)"
+        );
         return;
     };
     let objects = core_objects();
@@ -466,30 +565,54 @@ fn core_objects_pass_kubernetes_validate_strict() {
         .iter()
         .map(|o| o["kind"].as_str().unwrap_or("?").to_string())
         .collect();
-    for kind in ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "RuntimeClass", "Node"] {
-        assert!(kinds.contains(kind), "no {kind} among the validated objects: {kinds:?}");
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "RuntimeClass",
+        "Node",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} among the validated objects: {kinds:?}"
+        );
     }
     // The oldest Kubernetes the CSV claims (minKubeVersion) and the one k8s-openapi targets.
     for version in [packaging::MIN_KUBE_VERSION, "1.33.0"] {
         let (ok, out) = run_kubernetes_validate(&tool, version, &objects);
-        assert!(ok, "kubernetes-validate --strict -k {version} failed:\n{out}");
+        assert!(
+            ok,
+            "kubernetes-validate --strict -k {version} failed:\n{out}"
+        );
     }
 }
 
 #[test]
 fn kubernetes_validate_catches_planted_faults() {
     let Some(tool) = kubernetes_validate() else {
-        println!("SKIP kubernetes_validate_catches_planted_faults: kubernetes-validate not installed");
+        println!(
+            "SKIP kubernetes_validate_catches_planted_faults: kubernetes-validate not installed"
+        );
         return;
     };
-    let mut deployment = serde_json::to_value(packaging::manifests::deployment("ns")).expect("json");
+    let mut deployment =
+        serde_json::to_value(packaging::manifests::deployment("ns")).expect("json");
     deployment["spec"]["replicas"] = json!("one");
     let (ok, out) = run_kubernetes_validate(&tool, "1.33.0", &[deployment]);
     assert!(!ok, "a Deployment with replicas: \"one\" passed:\n{out}");
     assert!(out.contains("replicas"), "{out}");
 
     let docs = rendered("examples/kataconfig.yaml", None);
-    let mut rc = docs.into_iter().find(|d| d["kind"] == "RuntimeClass").expect("RuntimeClass");
+    let mut rc = docs
+        .into_iter()
+        .find(|d| d["kind"] == "RuntimeClass")
+        .expect("RuntimeClass");
     rc["scheduling"]["nodeSelectr"] = json!({});
     let (ok, out) = run_kubernetes_validate(&tool, "1.33.0", &[rc]);
     assert!(!ok, "a RuntimeClass with an unknown field passed:\n{out}");

@@ -163,9 +163,9 @@ fn is_image_reference(s: &str) -> bool {
         d.strip_prefix("sha256:")
             .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
     });
-    let path = name.rsplit_once(':').map_or(name, |(p, tag)| {
-        if tag.contains('/') { name } else { p }
-    });
+    let path = name
+        .rsplit_once(':')
+        .map_or(name, |(p, tag)| if tag.contains('/') { name } else { p });
     digest_ok
         && !path.is_empty()
         && path.split('/').all(|seg| {
@@ -211,7 +211,9 @@ fn check_identity(csv: &Value, p: &mut Vec<String>) {
     if str_at(csv, "/apiVersion") != Some("operators.coreos.com/v1alpha1")
         || str_at(csv, "/kind") != Some("ClusterServiceVersion")
     {
-        p.push("apiVersion/kind: must be operators.coreos.com/v1alpha1 ClusterServiceVersion".into());
+        p.push(
+            "apiVersion/kind: must be operators.coreos.com/v1alpha1 ClusterServiceVersion".into(),
+        );
     }
     let name = str_at(csv, "/metadata/name").unwrap_or_default();
     if !is_dns1123_subdomain(name) || name.len() > 63 {
@@ -229,12 +231,12 @@ fn check_identity(csv: &Value, p: &mut Vec<String>) {
             "metadata.name: {name:?} does not end in .v{version}; name the CSV <package>.v<spec.version>"
         ));
     }
-    if let Some(replaces) = str_at(csv, "/spec/replaces") {
-        if !is_dns1123_subdomain(replaces) || replaces.len() > 63 {
-            p.push(format!(
-                "spec.replaces: {replaces:?} must be a CSV name (DNS-1123 subdomain, at most 63 characters)"
-            ));
-        }
+    if let Some(replaces) = str_at(csv, "/spec/replaces")
+        && (!is_dns1123_subdomain(replaces) || replaces.len() > 63)
+    {
+        p.push(format!(
+            "spec.replaces: {replaces:?} must be a CSV name (DNS-1123 subdomain, at most 63 characters)"
+        ));
     }
     match str_at(csv, "/spec/minKubeVersion") {
         None => p.push("spec.minKubeVersion: missing; set the oldest Kubernetes version supported, e.g. 1.27.0".into()),
@@ -264,15 +266,17 @@ fn check_identity(csv: &Value, p: &mut Vec<String>) {
             p.push("metadata.annotations.olm.properties: deprecated; move properties to metadata/properties.yaml".into());
         }
     }
-    if let Some(range) = str_at(csv, "/metadata/annotations/olm.skipRange") {
-        if !is_semver_range(range) {
-            p.push(format!(
-                "metadata.annotations.olm.skipRange: {range:?} is not a semver range; write e.g. '>=0.1.0 <0.2.0'"
-            ));
-        }
-        if csv.pointer("/spec/replaces").is_none() {
-            p.push("metadata.annotations.olm.skipRange: set without spec.replaces, which prunes the skipped versions from the graph; set spec.replaces to the previous CSV".into());
-        }
+    if let Some(range) = str_at(csv, "/metadata/annotations/olm.skipRange")
+        && !is_semver_range(range)
+    {
+        p.push(format!(
+            "metadata.annotations.olm.skipRange: {range:?} is not a semver range; write e.g. '>=0.1.0 <0.2.0'"
+        ));
+    }
+    if csv.pointer("/metadata/annotations/olm.skipRange").is_some()
+        && csv.pointer("/spec/replaces").is_none()
+    {
+        p.push("metadata.annotations.olm.skipRange: set without spec.replaces, which prunes the skipped versions from the graph; set spec.replaces to the previous CSV".into());
     }
 }
 
@@ -300,13 +304,18 @@ fn check_install_modes(csv: &Value, p: &mut Vec<String>) {
         }
     }
     if supported.is_empty() {
-        p.push("spec.installModes: no mode is supported; set supported: true on at least one".into());
+        p.push(
+            "spec.installModes: no mode is supported; set supported: true on at least one".into(),
+        );
     }
     let conversion = array_at(csv, "/spec/webhookdefinitions")
         .iter()
         .any(|w| w["type"] == "ConversionWebhook");
     if conversion && supported != ["AllNamespaces"] {
-        p.push("spec.installModes: a CSV with a conversion webhook must support only AllNamespaces".into());
+        p.push(
+            "spec.installModes: a CSV with a conversion webhook must support only AllNamespaces"
+                .into(),
+        );
     }
 }
 
@@ -334,7 +343,9 @@ pub fn alm_examples(csv: &Value) -> Vec<Value> {
 
 fn check_examples(csv: &Value, p: &mut Vec<String>) {
     let Some(raw) = str_at(csv, "/metadata/annotations/alm-examples") else {
-        p.push("metadata.annotations.alm-examples: missing; add one example CR per owned CRD".into());
+        p.push(
+            "metadata.annotations.alm-examples: missing; add one example CR per owned CRD".into(),
+        );
         return;
     };
     let examples: Vec<Value> = match serde_json::from_str(raw) {
@@ -408,7 +419,10 @@ fn check_deployments(csv: &Value, p: &mut Vec<String>) {
                 "{at}.spec.selector: needs matchLabels that the pod template labels carry"
             )),
         }
-        for (c_i, c) in array_at(d, "/spec/template/spec/containers").iter().enumerate() {
+        for (c_i, c) in array_at(d, "/spec/template/spec/containers")
+            .iter()
+            .enumerate()
+        {
             for res in ["cpu", "memory"] {
                 if c.pointer(&format!("/resources/requests/{res}")).is_none() {
                     p.push(format!(
@@ -424,7 +438,10 @@ fn check_deployments(csv: &Value, p: &mut Vec<String>) {
 pub fn check_webhook_rules(rules: &[Value], at: &str) -> Vec<String> {
     let mut p = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        let groups: Vec<&str> = array_at(rule, "/apiGroups").iter().filter_map(Value::as_str).collect();
+        let groups: Vec<&str> = array_at(rule, "/apiGroups")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         let resources: Vec<String> = array_at(rule, "/resources")
             .iter()
             .filter_map(Value::as_str)
@@ -432,7 +449,9 @@ pub fn check_webhook_rules(rules: &[Value], at: &str) -> Vec<String> {
             .collect();
         for g in &groups {
             if g.contains('*') {
-                p.push(format!("{at}.rules[{i}].apiGroups: \"*\" is forbidden by OLM; list the groups"));
+                p.push(format!(
+                    "{at}.rules[{i}].apiGroups: \"*\" is forbidden by OLM; list the groups"
+                ));
             }
             if *g == "operators.coreos.com" || *g == "olm.operatorframework.io" {
                 p.push(format!(
@@ -441,7 +460,11 @@ pub fn check_webhook_rules(rules: &[Value], at: &str) -> Vec<String> {
             }
             if *g == "admissionregistration.k8s.io" {
                 for r in &resources {
-                    let base = r.split('/').next().unwrap_or_default().trim_end_matches('s');
+                    let base = r
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches('s');
                     if r.contains('*')
                         || base == "mutatingwebhookconfiguration"
                         || base == "validatingwebhookconfiguration"
@@ -454,7 +477,9 @@ pub fn check_webhook_rules(rules: &[Value], at: &str) -> Vec<String> {
             }
         }
         if resources.iter().any(|r| r == "*" || r == "*/*") {
-            p.push(format!("{at}.rules[{i}].resources: \"*\" intercepts every resource; list them"));
+            p.push(format!(
+                "{at}.rules[{i}].resources: \"*\" intercepts every resource; list them"
+            ));
         }
     }
     p
@@ -462,7 +487,13 @@ pub fn check_webhook_rules(rules: &[Value], at: &str) -> Vec<String> {
 
 fn check_webhook_definition(csv: &Value, w: &Value, at: &str, p: &mut Vec<String>) {
     let t = w["type"].as_str().unwrap_or_default();
-    if !["ValidatingAdmissionWebhook", "MutatingAdmissionWebhook", "ConversionWebhook"].contains(&t) {
+    if ![
+        "ValidatingAdmissionWebhook",
+        "MutatingAdmissionWebhook",
+        "ConversionWebhook",
+    ]
+    .contains(&t)
+    {
         p.push(format!("{at}.type: {t:?} is not a webhook type"));
     }
     let name = w["generateName"].as_str().unwrap_or_default();
@@ -476,34 +507,48 @@ fn check_webhook_definition(csv: &Value, w: &Value, at: &str, p: &mut Vec<String
         .filter(|o| o["generateName"].as_str() == Some(name))
         .count();
     if dups > 1 {
-        p.push(format!("{at}.generateName: {name} is used by {dups} webhook definitions; OLM fails the CSV"));
+        p.push(format!(
+            "{at}.generateName: {name} is used by {dups} webhook definitions; OLM fails the CSV"
+        ));
     }
     let deployment = w["deploymentName"].as_str().unwrap_or_default();
     if !array_at(csv, "/spec/install/spec/deployments")
         .iter()
         .any(|d| d["name"].as_str() == Some(deployment))
     {
-        p.push(format!("{at}.deploymentName: {deployment:?} is not a deployment of the install strategy"));
+        p.push(format!(
+            "{at}.deploymentName: {deployment:?} is not a deployment of the install strategy"
+        ));
     }
     let side_effects = w["sideEffects"].as_str().unwrap_or_default();
     if t != "ConversionWebhook" && !["None", "NoneOnDryRun"].contains(&side_effects) {
-        p.push(format!("{at}.sideEffects: {side_effects:?}; use None or NoneOnDryRun"));
+        p.push(format!(
+            "{at}.sideEffects: {side_effects:?}; use None or NoneOnDryRun"
+        ));
     }
-    let versions: Vec<&str> = array_at(w, "/admissionReviewVersions").iter().filter_map(Value::as_str).collect();
+    let versions: Vec<&str> = array_at(w, "/admissionReviewVersions")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     if versions != ["v1"] {
-        p.push(format!("{at}.admissionReviewVersions: {versions:?}; use [v1]"));
+        p.push(format!(
+            "{at}.admissionReviewVersions: {versions:?}; use [v1]"
+        ));
     }
-    if let Some(timeout) = w.get("timeoutSeconds").and_then(Value::as_i64) {
-        if !(1..=30).contains(&timeout) {
-            p.push(format!("{at}.timeoutSeconds: {timeout} is outside 1..30"));
-        }
+    if let Some(timeout) = w.get("timeoutSeconds").and_then(Value::as_i64)
+        && !(1..=30).contains(&timeout)
+    {
+        p.push(format!("{at}.timeoutSeconds: {timeout} is outside 1..30"));
     }
     p.extend(check_webhook_rules(array_at(w, "/rules"), at));
     let owned: Vec<&str> = array_at(csv, "/spec/customresourcedefinitions/owned")
         .iter()
         .filter_map(|o| o["name"].as_str())
         .collect();
-    for crd in array_at(w, "/conversionCRDs").iter().filter_map(Value::as_str) {
+    for crd in array_at(w, "/conversionCRDs")
+        .iter()
+        .filter_map(Value::as_str)
+    {
         if !owned.contains(&crd) {
             p.push(format!("{at}.conversionCRDs: {crd} is not an owned CRD"));
         }
@@ -516,11 +561,16 @@ fn check_related_images(csv: &Value, p: &mut Vec<String>) {
         .filter_map(|r| r["image"].as_str())
         .collect();
     if related.is_empty() {
-        p.push("spec.relatedImages: empty; list every image the operator runs, including its own".into());
+        p.push(
+            "spec.relatedImages: empty; list every image the operator runs, including its own"
+                .into(),
+        );
     }
     for img in &related {
         if !is_image_reference(img) {
-            p.push(format!("spec.relatedImages: {img:?} is not an image reference"));
+            p.push(format!(
+                "spec.relatedImages: {img:?} is not an image reference"
+            ));
         }
     }
     let mut used: Vec<String> = Vec::new();
@@ -539,7 +589,11 @@ fn check_related_images(csv: &Value, p: &mut Vec<String>) {
             p.push(format!("spec.relatedImages: {img} is used but not listed"));
         }
     }
-    if str_at(csv, "/metadata/annotations/features.operators.openshift.io~1disconnected") == Some("true") {
+    if str_at(
+        csv,
+        "/metadata/annotations/features.operators.openshift.io~1disconnected",
+    ) == Some("true")
+    {
         for img in related.iter().filter(|i| !i.contains("@sha256:")) {
             p.push(format!(
                 "spec.relatedImages: {img} is not pinned by digest, but the CSV claims disconnected support; pin @sha256: or set disconnected \"false\""
@@ -551,12 +605,19 @@ fn check_related_images(csv: &Value, p: &mut Vec<String>) {
 fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
     let display = str_at(csv, "/spec/displayName").unwrap_or_default();
     if !(3..=50).contains(&display.chars().count()) {
-        p.push(format!("spec.displayName: {display:?} must be 3 to 50 characters"));
+        p.push(format!(
+            "spec.displayName: {display:?} must be 3 to 50 characters"
+        ));
     }
     if str_at(csv, "/spec/description").unwrap_or_default().len() < 20 {
         p.push("spec.description: missing or shorter than 20 characters".into());
     }
-    if str_at(csv, "/spec/provider/name").unwrap_or_default().chars().count() < 3 {
+    if str_at(csv, "/spec/provider/name")
+        .unwrap_or_default()
+        .chars()
+        .count()
+        < 3
+    {
         p.push("spec.provider.name: missing or shorter than 3 characters".into());
     }
     let maintainers = array_at(csv, "/spec/maintainers");
@@ -564,8 +625,12 @@ fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
         p.push("spec.maintainers: list at least one maintainer with name and email".into());
     }
     for (i, m) in maintainers.iter().enumerate() {
-        if m["name"].as_str().unwrap_or_default().is_empty() || !is_email(m["email"].as_str().unwrap_or_default()) {
-            p.push(format!("spec.maintainers[{i}]: needs a name and a valid email"));
+        if m["name"].as_str().unwrap_or_default().is_empty()
+            || !is_email(m["email"].as_str().unwrap_or_default())
+        {
+            p.push(format!(
+                "spec.maintainers[{i}]: needs a name and a valid email"
+            ));
         }
     }
     let links = array_at(csv, "/spec/links");
@@ -573,21 +638,33 @@ fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
         p.push("spec.links: list at least one link".into());
     }
     for (i, l) in links.iter().enumerate() {
-        if l["name"].as_str().unwrap_or_default().is_empty() || !is_url(l["url"].as_str().unwrap_or_default()) {
+        if l["name"].as_str().unwrap_or_default().is_empty()
+            || !is_url(l["url"].as_str().unwrap_or_default())
+        {
             p.push(format!("spec.links[{i}]: needs a name and an http(s) url"));
         }
     }
     let icons = array_at(csv, "/spec/icon");
     if icons.len() != 1 {
-        p.push(format!("spec.icon: has {} entries; exactly one is required", icons.len()));
+        p.push(format!(
+            "spec.icon: has {} entries; exactly one is required",
+            icons.len()
+        ));
     }
     for (i, icon) in icons.iter().enumerate() {
         let media = icon["mediatype"].as_str().unwrap_or_default();
         if !ICON_MEDIATYPES.contains(&media) {
-            p.push(format!("spec.icon[{i}].mediatype: {media:?}; use one of {}", ICON_MEDIATYPES.join(", ")));
+            p.push(format!(
+                "spec.icon[{i}].mediatype: {media:?}; use one of {}",
+                ICON_MEDIATYPES.join(", ")
+            ));
         }
         let data = icon["base64data"].as_str().unwrap_or_default();
-        if data.is_empty() || base64::engine::general_purpose::STANDARD.decode(data).is_err() {
+        if data.is_empty()
+            || base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .is_err()
+        {
             p.push(format!("spec.icon[{i}].base64data: not valid base64"));
         }
     }
@@ -597,7 +674,12 @@ fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
     if str_at(csv, "/spec/maturity").unwrap_or_default().is_empty() {
         p.push("spec.maturity: set alpha, beta or stable".into());
     }
-    let ann = |k: &str| str_at(csv, &format!("/metadata/annotations/{}", k.replace('/', "~1")));
+    let ann = |k: &str| {
+        str_at(
+            csv,
+            &format!("/metadata/annotations/{}", k.replace('/', "~1")),
+        )
+    };
     match ann("capabilities") {
         Some(c) if CAPABILITIES.contains(&c) => {}
         other => p.push(format!(
@@ -609,7 +691,9 @@ fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
         Some(cats) => {
             for c in cats.split(',').map(str::trim) {
                 if !CATEGORIES.contains(&c) {
-                    p.push(format!("metadata.annotations.categories: {c:?} is not an OperatorHub category"));
+                    p.push(format!(
+                        "metadata.annotations.categories: {c:?} is not an OperatorHub category"
+                    ));
                 }
             }
         }
@@ -629,40 +713,56 @@ fn check_hub_metadata(csv: &Value, p: &mut Vec<String>) {
 }
 
 fn check_openshift(csv: &Value, p: &mut Vec<String>) {
-    let annotations = csv.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotations = csv
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
     let get = |k: &str| annotations.and_then(|a| a.get(k)).and_then(Value::as_str);
     for f in REQUIRED_FEATURES {
         let key = format!("features.operators.openshift.io/{f}");
         match get(&key) {
             Some("true" | "false") => {}
-            other => p.push(format!("metadata.annotations.{key}: {other:?}; must be \"true\" or \"false\"")),
+            other => p.push(format!(
+                "metadata.annotations.{key}: {other:?}; must be \"true\" or \"false\""
+            )),
         }
     }
     if get("operators.openshift.io/infrastructure-features").is_some() {
         p.push("metadata.annotations.operators.openshift.io/infrastructure-features: deprecated; use the features.operators.openshift.io/* annotations".into());
     }
-    if let Some(v) = get("operators.openshift.io/valid-subscription") {
-        if serde_json::from_str::<Vec<String>>(v).is_err() {
-            p.push("metadata.annotations.operators.openshift.io/valid-subscription: must be a JSON array of strings".into());
-        }
+    if let Some(v) = get("operators.openshift.io/valid-subscription")
+        && serde_json::from_str::<Vec<String>>(v).is_err()
+    {
+        p.push("metadata.annotations.operators.openshift.io/valid-subscription: must be a JSON array of strings".into());
     }
 }
 
 fn check_rbac(csv: &Value, p: &mut Vec<String>) {
     for (section, cluster) in [("clusterPermissions", true), ("permissions", false)] {
-        for (i, perm) in array_at(csv, &format!("/spec/install/spec/{section}")).iter().enumerate() {
+        for (i, perm) in array_at(csv, &format!("/spec/install/spec/{section}"))
+            .iter()
+            .enumerate()
+        {
             for (r_i, rule) in array_at(perm, "/rules").iter().enumerate() {
                 let at = format!("spec.install.spec.{section}[{i}].rules[{r_i}]");
-                let list = |k: &str| -> Vec<&str> { array_at(rule, k).iter().filter_map(Value::as_str).collect() };
-                let (groups, resources, verbs) = (list("/apiGroups"), list("/resources"), list("/verbs"));
+                let list = |k: &str| -> Vec<&str> {
+                    array_at(rule, k).iter().filter_map(Value::as_str).collect()
+                };
+                let (groups, resources, verbs) =
+                    (list("/apiGroups"), list("/resources"), list("/verbs"));
                 if groups.contains(&"*") || resources.contains(&"*") || verbs.contains(&"*") {
-                    p.push(format!("{at}: wildcard grant; list groups, resources and verbs explicitly"));
+                    p.push(format!(
+                        "{at}: wildcard grant; list groups, resources and verbs explicitly"
+                    ));
                 }
                 if groups.contains(&"apiextensions.k8s.io")
                     && resources.contains(&"customresourcedefinitions")
-                    && verbs.iter().any(|v| ["create", "update", "patch", "delete", "deletecollection"].contains(v))
+                    && verbs.iter().any(|v| {
+                        ["create", "update", "patch", "delete", "deletecollection"].contains(v)
+                    })
                 {
-                    p.push(format!("{at}: the operator must not create or change CRDs; OLM installs them"));
+                    p.push(format!(
+                        "{at}: the operator must not create or change CRDs; OLM installs them"
+                    ));
                 }
                 if cluster && groups.contains(&"") && resources.contains(&"secrets") {
                     p.push(format!("{at}: Secrets granted cluster-wide; grant them in permissions (operator namespace) only"));
@@ -677,11 +777,17 @@ fn check_rbac(csv: &Value, p: &mut Vec<String>) {
         .collect();
     for kind in ["MachineConfig", "MachineConfigPool"] {
         if !native.contains(&kind) {
-            p.push(format!("spec.nativeAPIs: {kind} (machineconfiguration.openshift.io/v1) missing"));
+            p.push(format!(
+                "spec.nativeAPIs: {kind} (machineconfiguration.openshift.io/v1) missing"
+            ));
         }
     }
     for required in array_at(csv, "/spec/customresourcedefinitions/required") {
-        if required["name"].as_str().unwrap_or_default().ends_with("machineconfiguration.openshift.io") {
+        if required["name"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("machineconfiguration.openshift.io")
+        {
             p.push("spec.customresourcedefinitions.required: MCO APIs are platform APIs; list them in spec.nativeAPIs".into());
         }
     }
@@ -692,7 +798,10 @@ fn check_rbac(csv: &Value, p: &mut Vec<String>) {
 
 /// Properties of a schema path like `kataNodes.nodeCount` under `spec`/`status` of a CRD version.
 fn schema_has_path(crd: &Value, version: &str, root: &str, path: &str) -> bool {
-    let Some(v) = array_at(crd, "/spec/versions").iter().find(|v| v["name"] == version) else {
+    let Some(v) = array_at(crd, "/spec/versions")
+        .iter()
+        .find(|v| v["name"] == version)
+    else {
         return false;
     };
     let mut node = &v["schema"]["openAPIV3Schema"]["properties"][root];
@@ -720,13 +829,17 @@ fn check_crds(csv: &Value, crds: &BTreeMap<String, Value>, p: &mut Vec<String>) 
             p.push(format!("{at}.name: {name} is listed twice"));
         }
         let Some(crd) = crds.get(name) else {
-            p.push(format!("{at}.name: no CustomResourceDefinition {name} in manifests/"));
+            p.push(format!(
+                "{at}.name: no CustomResourceDefinition {name} in manifests/"
+            ));
             continue;
         };
         let plural = str_at(crd, "/spec/names/plural").unwrap_or_default();
         let group = str_at(crd, "/spec/group").unwrap_or_default();
         if name != format!("{plural}.{group}") {
-            p.push(format!("{at}.name: {name} is not <plural>.<group> of the CRD ({plural}.{group})"));
+            p.push(format!(
+                "{at}.name: {name} is not <plural>.<group> of the CRD ({plural}.{group})"
+            ));
         }
         if o["kind"].as_str() != str_at(crd, "/spec/names/kind") {
             p.push(format!("{at}.kind: does not match the CRD's kind"));
@@ -735,7 +848,9 @@ fn check_crds(csv: &Value, crds: &BTreeMap<String, Value>, p: &mut Vec<String>) 
             .iter()
             .any(|v| v["name"] == version && v["served"] == true);
         if !served {
-            p.push(format!("{at}.version: {version} is not a served version of {name}"));
+            p.push(format!(
+                "{at}.version: {version} is not a served version of {name}"
+            ));
         }
         for (section, root) in [("specDescriptors", "spec"), ("statusDescriptors", "status")] {
             for (d_i, d) in array_at(o, &format!("/{section}")).iter().enumerate() {
@@ -747,10 +862,10 @@ fn check_crds(csv: &Value, crds: &BTreeMap<String, Value>, p: &mut Vec<String>) 
                 }
             }
         }
-        if let Some(desc) = o.get("description").and_then(Value::as_str) {
-            if desc.is_empty() {
-                p.push(format!("{at}.description: empty"));
-            }
+        if let Some(desc) = o.get("description").and_then(Value::as_str)
+            && desc.is_empty()
+        {
+            p.push(format!("{at}.description: empty"));
         }
     }
     for name in crds.keys() {
@@ -761,7 +876,9 @@ fn check_crds(csv: &Value, crds: &BTreeMap<String, Value>, p: &mut Vec<String>) 
     // Every top-level spec field of an example needs a spec descriptor (scorecard).
     for (i, ex) in alm_examples(csv).iter().enumerate() {
         let kind = ex["kind"].as_str().unwrap_or_default();
-        let Some(o) = owned.iter().find(|o| o["kind"].as_str() == Some(kind)) else { continue };
+        let Some(o) = owned.iter().find(|o| o["kind"].as_str() == Some(kind)) else {
+            continue;
+        };
         let described: BTreeSet<&str> = array_at(o, "/specDescriptors")
             .iter()
             .filter_map(|d| d["path"].as_str())
@@ -786,7 +903,11 @@ fn parse_labels(dockerfile: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn check_annotations(files: &BTreeMap<PathBuf, &str>, dockerfile: &str, p: &mut Vec<String>) -> Option<String> {
+fn check_annotations(
+    files: &BTreeMap<PathBuf, &str>,
+    dockerfile: &str,
+    p: &mut Vec<String>,
+) -> Option<String> {
     let Some(raw) = files.get(Path::new("metadata/annotations.yaml")) else {
         p.push("metadata/annotations.yaml: missing".into());
         return None;
@@ -808,17 +929,32 @@ fn check_annotations(files: &BTreeMap<PathBuf, &str>, dockerfile: &str, p: &mut 
         .collect();
     let get = |k: &str| ann.get(k).map(String::as_str).unwrap_or_default();
     for (key, want) in [
-        ("operators.operatorframework.io.bundle.mediatype.v1", "registry+v1"),
-        ("operators.operatorframework.io.bundle.manifests.v1", "manifests/"),
-        ("operators.operatorframework.io.bundle.metadata.v1", "metadata/"),
+        (
+            "operators.operatorframework.io.bundle.mediatype.v1",
+            "registry+v1",
+        ),
+        (
+            "operators.operatorframework.io.bundle.manifests.v1",
+            "manifests/",
+        ),
+        (
+            "operators.operatorframework.io.bundle.metadata.v1",
+            "metadata/",
+        ),
     ] {
         if get(key) != want {
-            p.push(format!("metadata/annotations.yaml: {key} is {:?}; must be {want}", get(key)));
+            p.push(format!(
+                "metadata/annotations.yaml: {key} is {:?}; must be {want}",
+                get(key)
+            ));
         }
     }
     let package = get("operators.operatorframework.io.bundle.package.v1").to_string();
     if package.is_empty() {
-        p.push("metadata/annotations.yaml: operators.operatorframework.io.bundle.package.v1 missing".into());
+        p.push(
+            "metadata/annotations.yaml: operators.operatorframework.io.bundle.package.v1 missing"
+                .into(),
+        );
     }
     let channels: Vec<&str> = get("operators.operatorframework.io.bundle.channels.v1")
         .split(',')
@@ -828,10 +964,10 @@ fn check_annotations(files: &BTreeMap<PathBuf, &str>, dockerfile: &str, p: &mut 
     if channels.is_empty() {
         p.push("metadata/annotations.yaml: operators.operatorframework.io.bundle.channels.v1 must list a channel".into());
     }
-    if let Some(default) = ann.get("operators.operatorframework.io.bundle.channel.default.v1") {
-        if !channels.contains(&default.as_str()) {
-            p.push(format!("metadata/annotations.yaml: default channel {default:?} is not one of the channels {channels:?}"));
-        }
+    if let Some(default) = ann.get("operators.operatorframework.io.bundle.channel.default.v1")
+        && !channels.contains(&default.as_str())
+    {
+        p.push(format!("metadata/annotations.yaml: default channel {default:?} is not one of the channels {channels:?}"));
     }
     let has_scorecard = files.keys().any(|k| k.starts_with("tests/scorecard"));
     if has_scorecard && get("operators.operatorframework.io.test.config.v1") != "tests/scorecard/" {
@@ -844,12 +980,18 @@ fn check_annotations(files: &BTreeMap<PathBuf, &str>, dockerfile: &str, p: &mut 
     for (k, v) in &ann {
         match labels.get(k) {
             Some(l) if l == v => {}
-            Some(l) => p.push(format!("bundle.Dockerfile: LABEL {k}={l} differs from annotations.yaml ({v})")),
-            None => p.push(format!("bundle.Dockerfile: LABEL {k} missing (annotations.yaml has it)")),
+            Some(l) => p.push(format!(
+                "bundle.Dockerfile: LABEL {k}={l} differs from annotations.yaml ({v})"
+            )),
+            None => p.push(format!(
+                "bundle.Dockerfile: LABEL {k} missing (annotations.yaml has it)"
+            )),
         }
     }
     for k in labels.keys().filter(|k| !ann.contains_key(*k)) {
-        p.push(format!("bundle.Dockerfile: LABEL {k} is not in annotations.yaml"));
+        p.push(format!(
+            "bundle.Dockerfile: LABEL {k} is not in annotations.yaml"
+        ));
     }
     Some(package)
 }
@@ -858,7 +1000,8 @@ fn check_annotations(files: &BTreeMap<PathBuf, &str>, dockerfile: &str, p: &mut 
 /// `bundle.Dockerfile` that builds it.
 pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String> {
     let mut p = Vec::new();
-    let by_path: BTreeMap<PathBuf, &str> = files.iter().map(|(k, v)| (k.clone(), v.as_str())).collect();
+    let by_path: BTreeMap<PathBuf, &str> =
+        files.iter().map(|(k, v)| (k.clone(), v.as_str())).collect();
     let package = check_annotations(&by_path, dockerfile, &mut p);
     let mut csvs = Vec::new();
     let mut crds = BTreeMap::new();
@@ -874,7 +1017,10 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
         if parts.len() != 2 {
             p.push(format!("{at}: manifests/ must be flat (no subdirectories)"));
         }
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
             p.push(format!("{at}: hidden files are not allowed in manifests/"));
             continue;
         }
@@ -893,7 +1039,9 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
         }
         let name = str_at(&obj, "/metadata/name").unwrap_or_default();
         if !is_dns1123_subdomain(name) {
-            p.push(format!("{at}: metadata.name {name:?} is not a DNS-1123 subdomain"));
+            p.push(format!(
+                "{at}: metadata.name {name:?} is not a DNS-1123 subdomain"
+            ));
         }
         match kind {
             "ClusterServiceVersion" => csvs.push(obj),
@@ -905,10 +1053,15 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
         }
     }
     if size > MAX_BUNDLE_BYTES {
-        p.push(format!("manifests/: {size} bytes exceeds OLM's 1 MiB bundle limit"));
+        p.push(format!(
+            "manifests/: {size} bytes exceeds OLM's 1 MiB bundle limit"
+        ));
     }
     if csvs.len() != 1 {
-        p.push(format!("manifests/: {} ClusterServiceVersions; exactly one is required", csvs.len()));
+        p.push(format!(
+            "manifests/: {} ClusterServiceVersions; exactly one is required",
+            csvs.len()
+        ));
     }
     if let Some(csv) = csvs.first() {
         p.extend(check_csv(csv));
@@ -916,7 +1069,9 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
         if let Some(package) = package {
             let name = str_at(csv, "/metadata/name").unwrap_or_default();
             if !name.starts_with(&format!("{package}.")) {
-                p.push(format!("metadata.name: {name} does not start with the package name {package}"));
+                p.push(format!(
+                    "metadata.name: {name} does not start with the package name {package}"
+                ));
             }
         }
         for d in array_at(csv, "/spec/install/spec/deployments") {
@@ -992,6 +1147,25 @@ mod tests {
     }
 
     #[test]
+    fn a_release_with_an_upgrade_edge_passes() {
+        let next = crate::packaging::Release {
+            version: "0.2.0",
+            previous: Some("0.1.0"),
+            skip_floor: None,
+            created_at: "2027-01-01T00:00:00Z",
+        };
+        let csv = crate::packaging::csv::cluster_service_version(&next).expect("csv");
+        let findings = check_csv(&csv);
+        assert!(findings.is_empty(), "{findings:#?}");
+        let mut bad = csv.clone();
+        bad["metadata"]["annotations"]["olm.skipRange"] = json!(">=0.1 <0.2.0");
+        assert_finding(&check_csv(&bad), "olm.skipRange: \">=0.1 <0.2.0\" is not a semver range");
+        let mut bad = csv;
+        bad["spec"]["replaces"] = json!("Sandboxed.v0.1.0");
+        assert_finding(&check_csv(&bad), "spec.replaces: \"Sandboxed.v0.1.0\" must be a CSV name");
+    }
+
+    #[test]
     fn semver_and_ranges() {
         for ok in ["0.1.0", "1.27.0", "1.0.0-rc.1", "1.0.0+build.5"] {
             assert!(is_semver(ok), "{ok}");
@@ -1009,7 +1183,10 @@ mod tests {
     fn image_references() {
         assert!(is_image_reference("quay.io/a/b:v1"));
         assert!(is_image_reference("localhost:5000/a/b"));
-        assert!(is_image_reference(&format!("quay.io/a/b@sha256:{}", "a".repeat(64))));
+        assert!(is_image_reference(&format!(
+            "quay.io/a/b@sha256:{}",
+            "a".repeat(64)
+        )));
         assert!(!is_image_reference("quay.io/a/b@sha256:abc"));
         assert!(!is_image_reference("quay.io/a b"));
     }
@@ -1018,42 +1195,189 @@ mod tests {
     fn planted_csv_faults_are_reported() {
         type Plant = fn(&mut Value);
         let cases: &[(Plant, &str)] = &[
-            (|c| c["metadata"]["name"] = json!("Sandboxed_Operator"), "metadata.name: \"Sandboxed_Operator\" must be a DNS-1123 subdomain"),
-            (|c| c["spec"]["version"] = json!("0.1"), "spec.version: \"0.1\" is not a semantic version"),
-            (|c| c["spec"]["minKubeVersion"] = json!("1.27"), "spec.minKubeVersion: \"1.27\" is not a full semantic version"),
-            (|c| c["metadata"]["annotations"]["olm.skiprange"] = json!(">=0.0.1 <0.1.0"), "olm.skiprange: wrong case"),
-            (|c| c["metadata"]["annotations"]["olm.skipRange"] = json!(">=0.0.1 <0.1.0"), "set without spec.replaces"),
-            (|c| c["spec"]["installModes"][0]["type"] = json!("OwnNamespaces"), "spec.installModes[0].type: \"OwnNamespaces\" is not an install mode"),
-            (|c| c["spec"]["installModes"][1]["type"] = json!("OwnNamespace"), "spec.installModes[1].type: OwnNamespace is listed twice"),
-            (|c| c["spec"]["installModes"][0]["supported"] = json!(false), "no mode is supported"),
-            (|c| c["metadata"]["annotations"]["alm-examples"] = json!("[{"), "alm-examples: not a JSON array"),
-            (|c| c["metadata"]["annotations"]["alm-examples"] = json!("[{\"apiVersion\":\"kataconfiguration.openshift.io/v2\",\"kind\":\"KataConfig\"}]"), "is not an owned CRD of this CSV"),
-            (|c| c["spec"]["install"]["spec"]["deployments"][0]["spec"]["selector"]["matchLabels"]["extra"] = json!("x"), "selector.matchLabels.extra: not carried by the pod template labels"),
-            (|c| c["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"][0]["resources"] = json!({}), "resources.requests.cpu: missing"),
-            (|c| c["spec"]["install"]["spec"]["deployments"][0]["name"] = json!("op.v1"), "must be a DNS-1123 label of at most 55 characters without dots"),
-            (|c| c["spec"]["relatedImages"] = json!([]), "spec.relatedImages: empty"),
-            (|c| c["metadata"]["annotations"]["features.operators.openshift.io/disconnected"] = json!("true"), "is not pinned by digest"),
-            (|c| c["metadata"]["annotations"]["features.operators.openshift.io/fips-compliant"] = json!("True"), "fips-compliant: Some(\"True\"); must be \"true\" or \"false\""),
-            (|c| { c["metadata"]["annotations"].as_object_mut().expect("map").remove("features.operators.openshift.io/tls-profiles"); }, "tls-profiles: None"),
-            (|c| c["metadata"]["annotations"]["operators.openshift.io/infrastructure-features"] = json!("[\"disconnected\"]"), "infrastructure-features: deprecated"),
-            (|c| c["metadata"]["annotations"]["operators.openshift.io/valid-subscription"] = json!("OpenShift"), "valid-subscription: must be a JSON array"),
-            (|c| c["metadata"]["annotations"]["capabilities"] = json!("Fully Automatic"), "capabilities: Some(\"Fully Automatic\")"),
-            (|c| c["metadata"]["annotations"]["categories"] = json!("Security, Virtualisation"), "categories: \"Virtualisation\" is not an OperatorHub category"),
-            (|c| c["metadata"]["annotations"]["createdAt"] = json!("yesterday"), "createdAt: Some(\"yesterday\") is not an RFC 3339 time"),
-            (|c| c["spec"]["maintainers"][0]["email"] = json!("nobody"), "spec.maintainers[0]: needs a name and a valid email"),
-            (|c| c["spec"]["links"][0]["url"] = json!("github"), "spec.links[0]: needs a name and an http(s) url"),
-            (|c| c["spec"]["icon"][0]["mediatype"] = json!("image/bmp"), "spec.icon[0].mediatype: \"image/bmp\""),
-            (|c| c["spec"]["icon"][0]["base64data"] = json!("@@@"), "spec.icon[0].base64data: not valid base64"),
-            (|c| c["spec"]["provider"]["name"] = json!(""), "spec.provider.name: missing"),
-            (|c| c["spec"]["displayName"] = json!("K"), "spec.displayName: \"K\" must be 3 to 50 characters"),
-            (|c| c["spec"]["nativeAPIs"] = json!([]), "spec.nativeAPIs: MachineConfig (machineconfiguration.openshift.io/v1) missing"),
-            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0]["verbs"] = json!(["*"]), "wildcard grant"),
-            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] = json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["create"]}), "must not create or change CRDs"),
-            (|c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "Secrets granted cluster-wide"),
-            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["statusDescriptors"][0]["path"] = json!("kataNodes.readyCount"), "status.kataNodes.readyCount does not exist in the CRD schema"),
-            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["version"] = json!("v2"), "version: v2 is not a served version"),
-            (|c| c["spec"]["customresourcedefinitions"]["owned"][0]["specDescriptors"] = json!([]), "alm-examples[0].spec.checkNodeEligibility: no specDescriptor"),
-            (|c| c["metadata"]["name"] = json!("other-operator.v0.1.0"), "does not start with the package name sandboxed-containers-operator"),
+            (
+                |c| c["metadata"]["name"] = json!("Sandboxed_Operator"),
+                "metadata.name: \"Sandboxed_Operator\" must be a DNS-1123 subdomain",
+            ),
+            (
+                |c| c["spec"]["version"] = json!("0.1"),
+                "spec.version: \"0.1\" is not a semantic version",
+            ),
+            (
+                |c| c["spec"]["minKubeVersion"] = json!("1.27"),
+                "spec.minKubeVersion: \"1.27\" is not a full semantic version",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["olm.skiprange"] = json!(">=0.0.1 <0.1.0"),
+                "olm.skiprange: wrong case",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["olm.skipRange"] = json!(">=0.0.1 <0.1.0"),
+                "set without spec.replaces",
+            ),
+            (
+                |c| c["spec"]["installModes"][0]["type"] = json!("OwnNamespaces"),
+                "spec.installModes[0].type: \"OwnNamespaces\" is not an install mode",
+            ),
+            (
+                |c| c["spec"]["installModes"][1]["type"] = json!("OwnNamespace"),
+                "spec.installModes[1].type: OwnNamespace is listed twice",
+            ),
+            (
+                |c| c["spec"]["installModes"][0]["supported"] = json!(false),
+                "no mode is supported",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["alm-examples"] = json!("[{"),
+                "alm-examples: not a JSON array",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]["alm-examples"] = json!(
+                        "[{\"apiVersion\":\"kataconfiguration.openshift.io/v2\",\"kind\":\"KataConfig\"}]"
+                    )
+                },
+                "is not an owned CRD of this CSV",
+            ),
+            (
+                |c| {
+                    c["spec"]["install"]["spec"]["deployments"][0]["spec"]["selector"]["matchLabels"]
+                        ["extra"] = json!("x")
+                },
+                "selector.matchLabels.extra: not carried by the pod template labels",
+            ),
+            (
+                |c| {
+                    c["spec"]["install"]["spec"]["deployments"][0]["spec"]["template"]["spec"]["containers"]
+                        [0]["resources"] = json!({})
+                },
+                "resources.requests.cpu: missing",
+            ),
+            (
+                |c| c["spec"]["install"]["spec"]["deployments"][0]["name"] = json!("op.v1"),
+                "must be a DNS-1123 label of at most 55 characters without dots",
+            ),
+            (
+                |c| c["spec"]["relatedImages"] = json!([]),
+                "spec.relatedImages: empty",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]["features.operators.openshift.io/disconnected"] =
+                        json!("true")
+                },
+                "is not pinned by digest",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]["features.operators.openshift.io/fips-compliant"] =
+                        json!("True")
+                },
+                "fips-compliant: Some(\"True\"); must be \"true\" or \"false\"",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]
+                        .as_object_mut()
+                        .expect("map")
+                        .remove("features.operators.openshift.io/tls-profiles");
+                },
+                "tls-profiles: None",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]["operators.openshift.io/infrastructure-features"] =
+                        json!("[\"disconnected\"]")
+                },
+                "infrastructure-features: deprecated",
+            ),
+            (
+                |c| {
+                    c["metadata"]["annotations"]["operators.openshift.io/valid-subscription"] =
+                        json!("OpenShift")
+                },
+                "valid-subscription: must be a JSON array",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["capabilities"] = json!("Fully Automatic"),
+                "capabilities: Some(\"Fully Automatic\")",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["categories"] = json!("Security, Virtualisation"),
+                "categories: \"Virtualisation\" is not an OperatorHub category",
+            ),
+            (
+                |c| c["metadata"]["annotations"]["createdAt"] = json!("yesterday"),
+                "createdAt: Some(\"yesterday\") is not an RFC 3339 time",
+            ),
+            (
+                |c| c["spec"]["maintainers"][0]["email"] = json!("nobody"),
+                "spec.maintainers[0]: needs a name and a valid email",
+            ),
+            (
+                |c| c["spec"]["links"][0]["url"] = json!("github"),
+                "spec.links[0]: needs a name and an http(s) url",
+            ),
+            (
+                |c| c["spec"]["icon"][0]["mediatype"] = json!("image/bmp"),
+                "spec.icon[0].mediatype: \"image/bmp\"",
+            ),
+            (
+                |c| c["spec"]["icon"][0]["base64data"] = json!("@@@"),
+                "spec.icon[0].base64data: not valid base64",
+            ),
+            (
+                |c| c["spec"]["provider"]["name"] = json!(""),
+                "spec.provider.name: missing",
+            ),
+            (
+                |c| c["spec"]["displayName"] = json!("K"),
+                "spec.displayName: \"K\" must be 3 to 50 characters",
+            ),
+            (
+                |c| c["spec"]["nativeAPIs"] = json!([]),
+                "spec.nativeAPIs: MachineConfig (machineconfiguration.openshift.io/v1) missing",
+            ),
+            (
+                |c| {
+                    c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0]["verbs"] =
+                        json!(["*"])
+                },
+                "wildcard grant",
+            ),
+            (
+                |c| c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] = json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["create"]}),
+                "must not create or change CRDs",
+            ),
+            (
+                |c| {
+                    c["spec"]["install"]["spec"]["clusterPermissions"][0]["rules"][0] =
+                        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+                },
+                "Secrets granted cluster-wide",
+            ),
+            (
+                |c| {
+                    c["spec"]["customresourcedefinitions"]["owned"][0]["statusDescriptors"][0]["path"] =
+                        json!("kataNodes.readyCount")
+                },
+                "status.kataNodes.readyCount does not exist in the CRD schema",
+            ),
+            (
+                |c| c["spec"]["customresourcedefinitions"]["owned"][0]["version"] = json!("v2"),
+                "version: v2 is not a served version",
+            ),
+            (
+                |c| {
+                    c["spec"]["customresourcedefinitions"]["owned"][0]["specDescriptors"] =
+                        json!([])
+                },
+                "alm-examples[0].spec.checkNodeEligibility: no specDescriptor",
+            ),
+            (
+                |c| c["metadata"]["name"] = json!("other-operator.v0.1.0"),
+                "does not start with the package name sandboxed-containers-operator",
+            ),
         ];
         for (plant, needle) in cases {
             assert_finding(&with_csv(plant), needle);
@@ -1085,15 +1409,36 @@ mod tests {
     #[test]
     fn webhook_rules_olm_forbids_are_reported() {
         let cases = [
-            (json!({"apiGroups": ["operators.coreos.com"], "resources": ["subscriptions"]}), "intercepting operators.coreos.com is forbidden by OLM"),
-            (json!({"apiGroups": ["olm.operatorframework.io"], "resources": ["clusterextensions"]}), "intercepting olm.operatorframework.io is forbidden"),
-            (json!({"apiGroups": ["*"], "resources": ["pods"]}), "apiGroups: \"*\" is forbidden by OLM"),
-            (json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"]}), "intercepting admissionregistration.k8s.io validatingwebhookconfigurations is forbidden"),
-            (json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["MutatingWebhookConfiguration"]}), "intercepting admissionregistration.k8s.io mutatingwebhookconfiguration is forbidden"),
-            (json!({"apiGroups": [""], "resources": ["*"]}), "intercepts every resource"),
+            (
+                json!({"apiGroups": ["operators.coreos.com"], "resources": ["subscriptions"]}),
+                "intercepting operators.coreos.com is forbidden by OLM",
+            ),
+            (
+                json!({"apiGroups": ["olm.operatorframework.io"], "resources": ["clusterextensions"]}),
+                "intercepting olm.operatorframework.io is forbidden",
+            ),
+            (
+                json!({"apiGroups": ["*"], "resources": ["pods"]}),
+                "apiGroups: \"*\" is forbidden by OLM",
+            ),
+            (
+                json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"]}),
+                "intercepting admissionregistration.k8s.io validatingwebhookconfigurations is forbidden",
+            ),
+            (
+                json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["MutatingWebhookConfiguration"]}),
+                "intercepting admissionregistration.k8s.io mutatingwebhookconfiguration is forbidden",
+            ),
+            (
+                json!({"apiGroups": [""], "resources": ["*"]}),
+                "intercepts every resource",
+            ),
         ];
         for (rule, needle) in cases {
-            assert_finding(&with_csv(|c| c["spec"]["webhookdefinitions"] = json!([webhook(json!([rule]))])), needle);
+            assert_finding(
+                &with_csv(|c| c["spec"]["webhookdefinitions"] = json!([webhook(json!([rule]))])),
+                needle,
+            );
         }
     }
 
@@ -1101,12 +1446,30 @@ mod tests {
     fn webhook_definition_fields_are_checked() {
         type Plant = fn(&mut Value);
         let cases: &[(Plant, &str)] = &[
-            (|w| w["generateName"] = json!("vkata"), "generateName: \"vkata\" must be a fully qualified"),
-            (|w| w["deploymentName"] = json!("missing"), "deploymentName: \"missing\" is not a deployment"),
-            (|w| w["sideEffects"] = json!("Some"), "sideEffects: \"Some\""),
-            (|w| w["admissionReviewVersions"] = json!(["v1beta1"]), "admissionReviewVersions: [\"v1beta1\"]; use [v1]"),
-            (|w| w["timeoutSeconds"] = json!(60), "timeoutSeconds: 60 is outside 1..30"),
-            (|w| w["type"] = json!("ConversionWebhook"), "with a conversion webhook must support only AllNamespaces"),
+            (
+                |w| w["generateName"] = json!("vkata"),
+                "generateName: \"vkata\" must be a fully qualified",
+            ),
+            (
+                |w| w["deploymentName"] = json!("missing"),
+                "deploymentName: \"missing\" is not a deployment",
+            ),
+            (
+                |w| w["sideEffects"] = json!("Some"),
+                "sideEffects: \"Some\"",
+            ),
+            (
+                |w| w["admissionReviewVersions"] = json!(["v1beta1"]),
+                "admissionReviewVersions: [\"v1beta1\"]; use [v1]",
+            ),
+            (
+                |w| w["timeoutSeconds"] = json!(60),
+                "timeoutSeconds: 60 is outside 1..30",
+            ),
+            (
+                |w| w["type"] = json!("ConversionWebhook"),
+                "with a conversion webhook must support only AllNamespaces",
+            ),
         ];
         for (plant, needle) in cases {
             let findings = with_csv(|c| {
@@ -1123,7 +1486,10 @@ mod tests {
     fn planted_layout_faults_are_reported() {
         let dockerfile = bundle_dockerfile();
         let mut files = generated();
-        files.push((PathBuf::from("manifests/sub/x.yaml"), "kind: ConfigMap\nmetadata: {name: x}\n".into()));
+        files.push((
+            PathBuf::from("manifests/sub/x.yaml"),
+            "kind: ConfigMap\nmetadata: {name: x}\n".into(),
+        ));
         files.push((PathBuf::from("manifests/.hidden"), String::new()));
         files.push((
             PathBuf::from("manifests/op_apps_v1_deployment.yaml"),
@@ -1140,7 +1506,10 @@ mod tests {
         let f = check_bundle(&files, &dockerfile);
         assert_finding(&f, "manifests/sub/x.yaml: manifests/ must be flat");
         assert_finding(&f, "manifests/.hidden: hidden files are not allowed");
-        assert_finding(&f, "kind \"Deployment\" is not allowed in a registry+v1 bundle");
+        assert_finding(
+            &f,
+            "kind \"Deployment\" is not allowed in a registry+v1 bundle",
+        );
         assert_finding(&f, "ServiceAccount sandboxed-containers-operator clashes");
         assert_finding(&f, "CRD widgets.example.com is not owned by the CSV");
 
@@ -1152,10 +1521,25 @@ mod tests {
             &check_bundle(&no_crd, &dockerfile),
             "no CustomResourceDefinition kataconfigs.kataconfiguration.openshift.io in manifests/",
         );
-        let no_csv: Vec<_> = generated().into_iter().filter(|(p, _)| *p != csv_path()).collect();
-        assert_finding(&check_bundle(&no_csv, &dockerfile), "0 ClusterServiceVersions");
-        let huge = vec![(PathBuf::from("manifests/big.yaml"), format!("kind: ConfigMap\nmetadata: {{name: big}}\ndata: {{x: '{}'}}\n", "a".repeat(1 << 20)))];
-        assert_finding(&check_bundle(&huge, &dockerfile), "exceeds OLM's 1 MiB bundle limit");
+        let no_csv: Vec<_> = generated()
+            .into_iter()
+            .filter(|(p, _)| *p != csv_path())
+            .collect();
+        assert_finding(
+            &check_bundle(&no_csv, &dockerfile),
+            "0 ClusterServiceVersions",
+        );
+        let huge = vec![(
+            PathBuf::from("manifests/big.yaml"),
+            format!(
+                "kind: ConfigMap\nmetadata: {{name: big}}\ndata: {{x: '{}'}}\n",
+                "a".repeat(1 << 20)
+            ),
+        )];
+        assert_finding(
+            &check_bundle(&huge, &dockerfile),
+            "exceeds OLM's 1 MiB bundle limit",
+        );
     }
 
     #[test]
@@ -1167,23 +1551,48 @@ mod tests {
             "LABEL operators.operatorframework.io.bundle.channels.v1=fast differs from annotations.yaml (stable)",
         );
         let extra = format!("{}LABEL foo=bar\n", bundle_dockerfile());
-        assert_finding(&check_bundle(&files, &extra), "LABEL foo is not in annotations.yaml");
+        assert_finding(
+            &check_bundle(&files, &extra),
+            "LABEL foo is not in annotations.yaml",
+        );
 
         let edit = |from: &str, to: &str| -> Vec<String> {
             let files: Vec<_> = generated()
                 .into_iter()
                 .map(|(p, c)| {
-                    if p.ends_with("annotations.yaml") { (p, c.replace(from, to)) } else { (p, c) }
+                    if p.ends_with("annotations.yaml") {
+                        (p, c.replace(from, to))
+                    } else {
+                        (p, c)
+                    }
                 })
                 .collect();
             check_bundle(&files, &bundle_dockerfile())
         };
-        assert_finding(&edit("channel.default.v1: stable", "channel.default.v1: fast"), "default channel \"fast\" is not one of the channels");
-        assert_finding(&edit("manifests.v1: manifests/", "manifests.v1: manifest/"), "manifests.v1 is \"manifest/\"; must be manifests/");
-        assert_finding(&edit("  com.redhat.openshift.versions: v4.14\n", ""), "com.redhat.openshift.versions missing");
-        assert_finding(&edit("annotations:", "notes:"), "needs an `annotations` map");
-        let none: Vec<_> = generated().into_iter().filter(|(p, _)| !p.ends_with("annotations.yaml")).collect();
-        assert_finding(&check_bundle(&none, &bundle_dockerfile()), "metadata/annotations.yaml: missing");
+        assert_finding(
+            &edit("channel.default.v1: stable", "channel.default.v1: fast"),
+            "default channel \"fast\" is not one of the channels",
+        );
+        assert_finding(
+            &edit("manifests.v1: manifests/", "manifests.v1: manifest/"),
+            "manifests.v1 is \"manifest/\"; must be manifests/",
+        );
+        assert_finding(
+            &edit("  com.redhat.openshift.versions: v4.14\n", ""),
+            "com.redhat.openshift.versions missing",
+        );
+        assert_finding(
+            &edit("annotations:", "notes:"),
+            "needs an `annotations` map",
+        );
+        let none: Vec<_> = generated()
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with("annotations.yaml"))
+            .collect();
+        assert_finding(
+            &check_bundle(&none, &bundle_dockerfile()),
+            "metadata/annotations.yaml: missing",
+        );
     }
 
     #[test]

@@ -7,9 +7,7 @@ use serde_json::{Value, json};
 
 use super::manifests::deployment_spec;
 use super::rbac::{Scope, policy_rules};
-use super::{
-    CHANNEL, IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release,
-};
+use super::{CHANNEL, IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
 use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS};
 use crate::plan::NAMESPACE_POLICIES;
 
@@ -201,10 +199,14 @@ fn annotations(release: &Release) -> anyhow::Result<Value> {
 /// The CSV for a release.
 pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
     let icon = base64::engine::general_purpose::STANDARD.encode(ICON_SVG.trim_end());
-    let native_apis: Vec<Value> = ["MachineConfig", "MachineConfigPool", "ContainerRuntimeConfig"]
-        .iter()
-        .map(|k| json!({"group": "machineconfiguration.openshift.io", "version": "v1", "kind": k}))
-        .collect();
+    let native_apis: Vec<Value> = [
+        "MachineConfig",
+        "MachineConfigPool",
+        "ContainerRuntimeConfig",
+    ]
+    .iter()
+    .map(|k| json!({"group": "machineconfiguration.openshift.io", "version": "v1", "kind": k}))
+    .collect();
     let mut spec = json!({
         "displayName": "OpenShift sandboxed containers (Rust)",
         "description": DESCRIPTION,
@@ -292,10 +294,17 @@ mod tests {
         let csv = cluster_service_version(&Release::CURRENT).expect("csv");
         assert_eq!(
             csv["metadata"]["name"],
-            format!("sandboxed-containers-operator.v{}", env!("CARGO_PKG_VERSION"))
+            format!(
+                "sandboxed-containers-operator.v{}",
+                env!("CARGO_PKG_VERSION")
+            )
         );
         assert!(csv["spec"].get("replaces").is_none());
-        assert!(csv["metadata"]["annotations"].get("olm.skipRange").is_none());
+        assert!(
+            csv["metadata"]["annotations"]
+                .get("olm.skipRange")
+                .is_none()
+        );
     }
 
     #[test]
@@ -307,7 +316,10 @@ mod tests {
             created_at: "2027-01-01T00:00:00Z",
         };
         let csv = cluster_service_version(&next).expect("csv");
-        assert_eq!(csv["spec"]["replaces"], "sandboxed-containers-operator.v0.2.1");
+        assert_eq!(
+            csv["spec"]["replaces"],
+            "sandboxed-containers-operator.v0.2.1"
+        );
         assert_eq!(
             csv["metadata"]["annotations"]["olm.skipRange"],
             ">=0.1.0 <0.3.0"
@@ -321,9 +333,12 @@ mod tests {
         let ann = &csv["metadata"]["annotations"];
         let examples: Value =
             serde_json::from_str(ann["alm-examples"].as_str().expect("string")).expect("json");
-        let init: Value =
-            serde_json::from_str(ann["operatorframework.io/initialization-resource"].as_str().expect("string"))
-                .expect("json");
+        let init: Value = serde_json::from_str(
+            ann["operatorframework.io/initialization-resource"]
+                .as_str()
+                .expect("string"),
+        )
+        .expect("json");
         assert_eq!(examples[0], init);
     }
 

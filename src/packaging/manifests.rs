@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -28,7 +27,10 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Labels on the operator pods; the Services and the Deployment select them.
 pub fn pod_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), OPERATOR_NAME.to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            OPERATOR_NAME.to_string(),
+        ),
         (
             "app.kubernetes.io/component".to_string(),
             "operator".to_string(),
@@ -38,8 +40,14 @@ pub fn pod_labels() -> BTreeMap<String, String> {
 
 fn common_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), OPERATOR_NAME.to_string()),
-        ("app.kubernetes.io/part-of".to_string(), OPERATOR_NAME.to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            OPERATOR_NAME.to_string(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            OPERATOR_NAME.to_string(),
+        ),
     ])
 }
 
@@ -332,7 +340,10 @@ mod tests {
             sc.capabilities.and_then(|c| c.drop),
             Some(vec!["ALL".to_string()])
         );
-        assert_eq!(sc.seccomp_profile.map(|p| p.type_).as_deref(), Some("RuntimeDefault"));
+        assert_eq!(
+            sc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
         assert!(sc.privileged.is_none() && sc.run_as_user.is_none());
     }
 
@@ -340,7 +351,10 @@ mod tests {
     fn namespace_comes_from_the_downward_api_and_probes_hit_the_health_port() {
         let c = container();
         let env = c.env.expect("env");
-        let ns = env.iter().find(|e| e.name == "POD_NAMESPACE").expect("POD_NAMESPACE");
+        let ns = env
+            .iter()
+            .find(|e| e.name == "POD_NAMESPACE")
+            .expect("POD_NAMESPACE");
         let field = ns
             .value_from
             .as_ref()
@@ -363,7 +377,10 @@ mod tests {
             ]
         );
         let live = c.liveness_probe.and_then(|p| p.http_get).expect("liveness");
-        let ready = c.readiness_probe.and_then(|p| p.http_get).expect("readiness");
+        let ready = c
+            .readiness_probe
+            .and_then(|p| p.http_get)
+            .expect("readiness");
         assert_eq!(live.path.as_deref(), Some("/healthz"));
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
         assert_eq!(live.port, IntOrString::String("health".into()));
@@ -382,11 +399,22 @@ mod tests {
     #[test]
     fn webhook_service_maps_443_to_the_webhook_port() {
         let svcs = services(None);
-        let p = &svcs[0].spec.as_ref().and_then(|s| s.ports.clone()).expect("ports")[0];
-        assert_eq!(svcs[0].metadata.name.as_deref(), Some("sandboxed-containers-operator-webhook"));
+        let p = &svcs[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .expect("ports")[0];
+        assert_eq!(
+            svcs[0].metadata.name.as_deref(),
+            Some("sandboxed-containers-operator-webhook")
+        );
         assert_eq!(p.port, 443);
         assert_eq!(p.target_port, Some(IntOrString::String("webhook".into())));
-        let m = &svcs[1].spec.as_ref().and_then(|s| s.ports.clone()).expect("ports")[0];
+        let m = &svcs[1]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .expect("ports")[0];
         assert_eq!(m.port, 8443);
     }
 }

@@ -225,7 +225,11 @@ mod tests {
             .collect();
         assert_eq!(matching.len(), 1);
         assert_eq!(matching[0].metadata.name.as_deref(), Some(METRICS_SERVICE));
-        let ports = matching[0].spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+        let ports = matching[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
         assert!(ports.iter().any(|p| p.name.as_deref() == Some(port)));
     }
 }

@@ -277,6 +277,9 @@ mod tests {
                 assert!(allows(group, resource, verb, true));
             }
         }
-        assert!(ns.iter().any(|r| r.resources == Some(vec!["leases".into()])));
+        assert!(
+            ns.iter()
+                .any(|r| r.resources == Some(vec!["leases".into()]))
+        );
     }
 }
