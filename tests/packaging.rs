@@ -522,6 +522,12 @@ fn core_objects() -> Vec<Value> {
     let mut objects = Vec::new();
     let deploy = std::fs::read_to_string(repo().join("deploy/operator.yaml")).expect("deploy");
     objects.extend(yaml_docs(&deploy));
+    let olm = std::fs::read_to_string(repo().join("deploy/olm.yaml")).expect("deploy/olm.yaml");
+    objects.extend(
+        yaml_docs(&olm)
+            .into_iter()
+            .filter(|o| o["apiVersion"] == "v1"),
+    );
     for (path, content) in check::read_bundle_dir(&repo().join("bundle")).expect("bundle") {
         let obj: Value = serde_yaml::from_str(&content).expect("YAML");
         let group = obj["apiVersion"].as_str().unwrap_or_default();
@@ -616,4 +622,80 @@ fn kubernetes_validate_catches_planted_faults() {
     rc["scheduling"]["nodeSelectr"] = json!({});
     let (ok, out) = run_kubernetes_validate(&tool, "1.33.0", &[rc]);
     assert!(!ok, "a RuntimeClass with an unknown field passed:\n{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// OLM install example and images
+
+#[test]
+fn olm_install_example_validates_against_the_olm_crds() {
+    let text = std::fs::read_to_string(repo().join("deploy/olm.yaml")).expect("deploy/olm.yaml");
+    let docs = yaml_docs(&text);
+    let mut checked = 0;
+    for doc in &docs {
+        let (file, version) = match doc["kind"].as_str() {
+            Some("CatalogSource") => ("operators.coreos.com_catalogsources.yaml", "v1alpha1"),
+            Some("OperatorGroup") => ("operators.coreos.com_operatorgroups.yaml", "v1"),
+            Some("Subscription") => ("operators.coreos.com_subscriptions.yaml", "v1alpha1"),
+            _ => continue,
+        };
+        Schema::from_crd(&load_yaml(&shared_crds().join(file)), version)
+            .assert_valid(doc, &format!("deploy/olm.yaml {}", doc["kind"]));
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    // OwnNamespace install: the OperatorGroup targets exactly the operator's namespace.
+    let og = docs
+        .iter()
+        .find(|d| d["kind"] == "OperatorGroup")
+        .expect("OperatorGroup");
+    assert_eq!(
+        og["spec"]["targetNamespaces"],
+        json!([og["metadata"]["namespace"]])
+    );
+    let sub = docs
+        .iter()
+        .find(|d| d["kind"] == "Subscription")
+        .expect("Subscription");
+    let mut bad = sub.clone();
+    bad["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("sourceNamespace");
+    Schema::from_crd(
+        &load_yaml(&shared_crds().join("operators.coreos.com_subscriptions.yaml")),
+        "v1alpha1",
+    )
+    .assert_caught(&bad, "/spec");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_release_non_root_and_matches_the_deployment() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(
+        froms[1].contains("distroless") && froms[1].ends_with(":nonroot"),
+        "{froms:?}"
+    );
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    assert!(dockerfile.lines().any(|l| l == "USER 65532:65532"));
+    assert!(dockerfile.contains("LABEL name="));
+    let spec = packaging::manifests::deployment_spec();
+    let container = &spec.template.spec.expect("pod").containers[0];
+    let command = container.command.clone().expect("command");
+    assert!(
+        dockerfile.contains(&format!("ENTRYPOINT [\"{}\"]", command[0])),
+        "the Deployment runs {} but the image's ENTRYPOINT differs",
+        command[0]
+    );
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/"));
+    assert!(
+        !ignore.lines().any(|l| l.starts_with("bundle")),
+        "bundle.Dockerfile needs bundle/ in the context"
+    );
 }

@@ -737,11 +737,21 @@ fn check_openshift(csv: &Value, p: &mut Vec<String>) {
 }
 
 fn check_rbac(csv: &Value, p: &mut Vec<String>) {
+    let deployment_sas: Vec<&str> = array_at(csv, "/spec/install/spec/deployments")
+        .iter()
+        .filter_map(|d| str_at(d, "/spec/template/spec/serviceAccountName"))
+        .collect();
     for (section, cluster) in [("clusterPermissions", true), ("permissions", false)] {
         for (i, perm) in array_at(csv, &format!("/spec/install/spec/{section}"))
             .iter()
             .enumerate()
         {
+            let sa = perm["serviceAccountName"].as_str().unwrap_or_default();
+            if !deployment_sas.contains(&sa) {
+                p.push(format!(
+                    "spec.install.spec.{section}[{i}].serviceAccountName: {sa:?} is not the serviceAccountName of any deployment; the operator would not get these permissions"
+                ));
+            }
             for (r_i, rule) in array_at(perm, "/rules").iter().enumerate() {
                 let at = format!("spec.install.spec.{section}[{i}].rules[{r_i}]");
                 let list = |k: &str| -> Vec<&str> {
@@ -1159,10 +1169,16 @@ mod tests {
         assert!(findings.is_empty(), "{findings:#?}");
         let mut bad = csv.clone();
         bad["metadata"]["annotations"]["olm.skipRange"] = json!(">=0.1 <0.2.0");
-        assert_finding(&check_csv(&bad), "olm.skipRange: \">=0.1 <0.2.0\" is not a semver range");
+        assert_finding(
+            &check_csv(&bad),
+            "olm.skipRange: \">=0.1 <0.2.0\" is not a semver range",
+        );
         let mut bad = csv;
         bad["spec"]["replaces"] = json!("Sandboxed.v0.1.0");
-        assert_finding(&check_csv(&bad), "spec.replaces: \"Sandboxed.v0.1.0\" must be a CSV name");
+        assert_finding(
+            &check_csv(&bad),
+            "spec.replaces: \"Sandboxed.v0.1.0\" must be a CSV name",
+        );
     }
 
     #[test]
@@ -1373,6 +1389,13 @@ mod tests {
                         json!([])
                 },
                 "alm-examples[0].spec.checkNodeEligibility: no specDescriptor",
+            ),
+            (
+                |c| {
+                    c["spec"]["install"]["spec"]["permissions"][0]["serviceAccountName"] =
+                        json!("default")
+                },
+                "permissions[0].serviceAccountName: \"default\" is not the serviceAccountName of any deployment",
             ),
             (
                 |c| c["metadata"]["name"] = json!("other-operator.v0.1.0"),

@@ -270,6 +270,51 @@ fn scorecard_config() -> Value {
     })
 }
 
+/// Catalog image the OLM example subscribes from (built with `opm`, docs/packaging.md).
+pub const CATALOG_IMAGE: &str = concat!(
+    "quay.io/openshift_sandboxed_containers/sandboxed-containers-operator-rs-catalog:v",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// CatalogSource, Namespace, OperatorGroup (OwnNamespace) and Subscription for an OLM install.
+pub fn olm_install_objects() -> Vec<Value> {
+    let ns = DEFAULT_OPERATOR_NAMESPACE;
+    vec![
+        json!({
+            "apiVersion": "operators.coreos.com/v1alpha1", "kind": "CatalogSource",
+            "metadata": {"name": "sandboxed-containers-operator-rs", "namespace": "openshift-marketplace"},
+            "spec": {
+                "sourceType": "grpc",
+                "image": CATALOG_IMAGE,
+                "displayName": "Sandboxed containers operator (Rust)",
+                "publisher": "Red Hat",
+                "grpcPodConfig": {"securityContextConfig": "restricted"},
+                "updateStrategy": {"registryPoll": {"interval": "30m"}},
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"openshift.io/cluster-monitoring": "true"}},
+        }),
+        json!({
+            "apiVersion": "operators.coreos.com/v1", "kind": "OperatorGroup",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns},
+            "spec": {"targetNamespaces": [ns], "upgradeStrategy": "Default"},
+        }),
+        json!({
+            "apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
+            "metadata": {"name": PACKAGE, "namespace": ns},
+            "spec": {
+                "channel": CHANNEL,
+                "name": PACKAGE,
+                "source": "sandboxed-containers-operator-rs",
+                "sourceNamespace": "openshift-marketplace",
+                "installPlanApproval": "Automatic",
+            },
+        }),
+    ]
+}
+
 /// Every file of `deploy/` (install without OLM), paths relative to it.
 pub fn deploy_files() -> anyhow::Result<Vec<(PathBuf, String)>> {
     let header =
@@ -285,6 +330,10 @@ pub fn deploy_files() -> anyhow::Result<Vec<(PathBuf, String)>> {
             monitoring::prometheus_rule(Some(DEFAULT_OPERATOR_NAMESPACE)),
         ])?
     );
+    let olm = format!(
+        "{header}# Install through OLM from a catalog image (see docs/packaging.md for building it).\n# kubectl apply -f deploy/olm.yaml\n{}",
+        multi_doc(&olm_install_objects())?
+    );
     let kustomization = format!(
         "{header}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- operator.yaml\n# - monitoring.yaml   # with prometheus-operator\n"
     );
@@ -292,6 +341,7 @@ pub fn deploy_files() -> anyhow::Result<Vec<(PathBuf, String)>> {
         (PathBuf::from("operator.yaml"), operator),
         (PathBuf::from("monitoring.yaml"), monitoring),
         (PathBuf::from("kustomization.yaml"), kustomization),
+        (PathBuf::from("olm.yaml"), olm),
     ])
 }
 

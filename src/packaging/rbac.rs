@@ -177,6 +177,50 @@ pub fn allows(group: &str, resource: &str, verb: &str, in_operator_namespace: bo
     })
 }
 
+/// One request the operator made (as an API request log records it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub verb: String,
+    /// Namespaced request inside the operator's own namespace.
+    pub in_operator_namespace: bool,
+}
+
+/// Calls the RBAC does not allow, and grants (`group/resource verb`) no call used.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub missing: Vec<ApiCall>,
+    pub unused: Vec<String>,
+}
+
+/// Compares the calls the operator made with the table, both ways: every call must be allowed
+/// and every granted verb must have been used by some call.
+pub fn coverage(calls: &[ApiCall]) -> Coverage {
+    let mut missing: Vec<ApiCall> = calls
+        .iter()
+        .filter(|c| !allows(&c.group, &c.resource, &c.verb, c.in_operator_namespace))
+        .cloned()
+        .collect();
+    missing.sort();
+    missing.dedup();
+    let unused = RULES
+        .iter()
+        .flat_map(|r| r.verbs.iter().map(move |v| (r, *v)))
+        .filter(|(r, v)| {
+            !calls
+                .iter()
+                .any(|c| c.group == r.group && c.resource == r.resource && c.verb == *v)
+        })
+        .map(|(r, v)| {
+            let group = if r.group.is_empty() { "core" } else { r.group };
+            format!("{group}/{} {v}", r.resource)
+        })
+        .collect();
+    Coverage { missing, unused }
+}
+
 /// Rules for one scope, one PolicyRule per table row (so a grant maps back to its reason).
 pub fn policy_rules(scope: Scope) -> Vec<PolicyRule> {
     RULES
@@ -263,6 +307,43 @@ mod tests {
             verbs.dedup();
             assert_eq!(verbs.len(), r.verbs.len(), "duplicate verb in {r:?}");
         }
+    }
+
+    fn call(group: &str, resource: &str, verb: &str, ns: bool) -> ApiCall {
+        ApiCall {
+            group: group.into(),
+            resource: resource.into(),
+            verb: verb.into(),
+            in_operator_namespace: ns,
+        }
+    }
+
+    #[test]
+    fn coverage_reports_missing_calls_and_unused_grants() {
+        // Every granted verb used once: nothing missing, nothing unused.
+        let all: Vec<ApiCall> = rules()
+            .iter()
+            .flat_map(|r| {
+                r.verbs
+                    .iter()
+                    .map(move |v| call(r.group, r.resource, v, r.scope == Scope::OperatorNamespace))
+            })
+            .collect();
+        assert_eq!(coverage(&all), Coverage::default());
+
+        let mut calls = all.clone();
+        calls.retain(|c| !(c.resource == "nodes" && c.verb == "patch"));
+        calls.push(call("", "secrets", "get", false));
+        calls.push(call("", "configmaps", "list", true));
+        let cov = coverage(&calls);
+        assert_eq!(
+            cov.missing,
+            [
+                call("", "configmaps", "list", true),
+                call("", "secrets", "get", false)
+            ]
+        );
+        assert_eq!(cov.unused, ["core/nodes patch"]);
     }
 
     #[test]
