@@ -699,3 +699,32 @@ fn dockerfile_is_multi_stage_release_non_root_and_matches_the_deployment() {
         "bundle.Dockerfile needs bundle/ in the context"
     );
 }
+
+#[test]
+fn bundle_command_writes_every_generated_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandboxed-containers-operator"))
+        .args(["bundle", "--output"])
+        .arg(dir.path())
+        .output()
+        .expect("run bundle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, content) in packaging::generated_files().expect("generate") {
+        let written = std::fs::read_to_string(dir.path().join(&path)).unwrap_or_default();
+        assert_eq!(written, content, "{}", path.display());
+    }
+
+    let file = dir.path().join("bundle.Dockerfile");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandboxed-containers-operator"))
+        .args(["bundle", "--output"])
+        .arg(&file)
+        .output()
+        .expect("run bundle");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: creating "), "{stderr}");
+}

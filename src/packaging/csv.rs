@@ -234,7 +234,6 @@ pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
                 {"kind": "MachineConfigPool", "name": "machineconfigpools", "version": "v1"},
                 {"kind": "ContainerRuntimeConfig", "name": "containerruntimeconfigs", "version": "v1"},
                 {"kind": "RuntimeClass", "name": "runtimeclasses", "version": "v1"},
-                {"kind": "Node", "name": "nodes", "version": "v1"},
             ],
             "specDescriptors": spec_descriptors(),
             "statusDescriptors": status_descriptors(),
