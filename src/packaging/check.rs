@@ -828,7 +828,56 @@ fn schema_has_path(crd: &Value, version: &str, root: &str, path: &str) -> bool {
     true
 }
 
+/// Structural-schema rules the API server enforces on CRDs and `operator-sdk bundle validate`
+/// skips: every node has a `type` (unless int-or-string or preserve-unknown-fields), arrays have
+/// `items`, and `properties` and `additionalProperties` are not combined.
+pub fn check_structural(node: &Value, at: &str, p: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else { return };
+    let flag = |k: &str| obj.get(k).and_then(Value::as_bool) == Some(true);
+    if obj.get("type").is_none()
+        && !flag("x-kubernetes-int-or-string")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
+        p.push(format!(
+            "{at}: no type; a structural schema needs one on every node"
+        ));
+    }
+    if obj.get("type").and_then(Value::as_str) == Some("array") && obj.get("items").is_none() {
+        p.push(format!("{at}: type array without items"));
+    }
+    if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+        p.push(format!(
+            "{at}: properties and additionalProperties are mutually exclusive"
+        ));
+    }
+    for (k, v) in obj
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        check_structural(v, &format!("{at}.properties.{k}"), p);
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = obj.get(key).filter(|c| c.is_object()) {
+            check_structural(child, &format!("{at}.{key}"), p);
+        }
+    }
+}
+
 fn check_crds(csv: &Value, crds: &BTreeMap<String, Value>, p: &mut Vec<String>) {
+    for (name, crd) in crds {
+        for (i, v) in array_at(crd, "/spec/versions").iter().enumerate() {
+            match v.pointer("/schema/openAPIV3Schema") {
+                Some(schema) => check_structural(
+                    schema,
+                    &format!("CRD {name} spec.versions[{i}].schema.openAPIV3Schema"),
+                    p,
+                ),
+                None => p.push(format!("CRD {name} spec.versions[{i}]: no openAPIV3Schema")),
+            }
+        }
+    }
     let owned = array_at(csv, "/spec/customresourcedefinitions/owned");
     let mut owned_names = BTreeSet::new();
     for (i, o) in owned.iter().enumerate() {
@@ -1562,6 +1611,50 @@ mod tests {
         assert_finding(
             &check_bundle(&huge, &dockerfile),
             "exceeds OLM's 1 MiB bundle limit",
+        );
+    }
+
+    #[test]
+    fn non_structural_crd_schemas_are_reported() {
+        let mut p = Vec::new();
+        check_structural(
+            &json!({"type": "object", "properties": {
+                "a": {"description": "no type"},
+                "b": {"type": "array"},
+                "c": {"type": "object", "properties": {"x": {"type": "string"}}, "additionalProperties": {"type": "string"}},
+                "d": {"x-kubernetes-int-or-string": true},
+                "e": {"type": "array", "items": {"type": "object", "properties": {"f": {}}}},
+            }}),
+            "s",
+            &mut p,
+        );
+        assert_eq!(
+            p,
+            [
+                "s.properties.a: no type; a structural schema needs one on every node",
+                "s.properties.b: type array without items",
+                "s.properties.c: properties and additionalProperties are mutually exclusive",
+                "s.properties.e.items.properties.f: no type; a structural schema needs one on every node",
+            ]
+        );
+        let files: Vec<_> = generated()
+            .into_iter()
+            .map(|(path, content)| {
+                if path.ends_with(crate::packaging::CRD_FILE) {
+                    let mut crd: Value = serde_yaml::from_str(&content).expect("crd");
+                    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                        .as_object_mut()
+                        .expect("spec")
+                        .remove("type");
+                    (path, serde_yaml::to_string(&crd).expect("yaml"))
+                } else {
+                    (path, content)
+                }
+            })
+            .collect();
+        assert_finding(
+            &check_bundle(&files, &bundle_dockerfile()),
+            "openAPIV3Schema.properties.spec: no type",
         );
     }
 
