@@ -728,3 +728,31 @@ fn bundle_command_writes_every_generated_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: creating "), "{stderr}");
 }
+
+#[test]
+fn deployment_arguments_parse_as_the_run_command() {
+    use clap::Parser as _;
+    use sandboxed_containers_operator::cli::{Cli, Command as Sub};
+    let spec = packaging::manifests::deployment_spec();
+    let container = &spec.template.spec.expect("pod").containers[0];
+    let mut argv = container.command.clone().expect("command");
+    argv.extend(container.args.clone().expect("args"));
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Sub::Run(run) = cli.command else {
+        panic!("{argv:?} is not the run command")
+    };
+    assert_eq!(run.webhook_service, packaging::WEBHOOK_SERVICE);
+    assert_eq!(
+        run.webhook_bind.port(),
+        sandboxed_containers_operator::names::WEBHOOK_PORT
+    );
+    assert_eq!(
+        run.metrics_bind.port(),
+        sandboxed_containers_operator::names::METRICS_PORT
+    );
+    assert_eq!(
+        run.health_bind.port(),
+        sandboxed_containers_operator::names::HEALTH_PORT
+    );
+    assert!(!run.metrics_insecure && !run.disable_webhooks && !run.disable_controller);
+}

@@ -112,7 +112,8 @@ pub fn is_semver_range(s: &str) -> bool {
             !parts.is_empty()
                 && parts.iter().all(|c| {
                     let v = c.trim_start_matches(['>', '<', '=', '!']);
-                    v.len() < c.len() + 1 && is_semver(v)
+                    let op = &c[..c.len() - v.len()];
+                    ["", "=", "==", "!=", ">", ">=", "<", "<="].contains(&op) && is_semver(v)
                 })
         })
 }
@@ -1241,6 +1242,8 @@ mod tests {
         assert!(is_semver_range(">=0.1.0 <0.2.0"));
         assert!(is_semver_range("<1.0.0 || >=2.0.0"));
         assert!(!is_semver_range(">=0.1 <0.2.0"));
+        assert!(!is_semver_range("=>0.1.0"));
+        assert!(is_semver_range("0.1.0"));
         assert!(!is_semver_range(""));
     }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::manifests::deployment_spec;
 use super::rbac::{Scope, policy_rules};
-use super::{CHANNEL, IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
+use super::{IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
 use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS};
 use crate::plan::NAMESPACE_POLICIES;
 
@@ -277,11 +277,6 @@ pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
         },
         "spec": spec,
     }))
-}
-
-/// Channel the bundle is published in (also in annotations.yaml).
-pub fn channel() -> &'static str {
-    CHANNEL
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+    ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -257,10 +257,6 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     }
 }
 
-fn sorted_rules(scope: Scope) -> Vec<PolicyRule> {
-    rbac::policy_rules(scope)
-}
-
 /// Every object of the plain (non-OLM) installation, in apply order, namespace from DESIGN.md.
 pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
     let ns = DEFAULT_OPERATOR_NAMESPACE;
@@ -291,7 +287,7 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
         })?,
         serde_json::to_value(ClusterRole {
             metadata: meta(OPERATOR_NAME, None),
-            rules: Some(sorted_rules(Scope::Cluster)),
+            rules: Some(rbac::policy_rules(Scope::Cluster)),
             ..Default::default()
         })?,
         serde_json::to_value(ClusterRoleBinding {
@@ -301,7 +297,7 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
         })?,
         serde_json::to_value(Role {
             metadata: meta(OPERATOR_NAME, Some(ns)),
-            rules: Some(sorted_rules(Scope::OperatorNamespace)),
+            rules: Some(rbac::policy_rules(Scope::OperatorNamespace)),
         })?,
         serde_json::to_value(RoleBinding {
             metadata: meta(OPERATOR_NAME, Some(ns)),
