@@ -537,6 +537,7 @@ fn core_objects() -> Vec<Value> {
             objects.push(obj);
         }
     }
+    objects.extend(repo_webhook_configurations());
     // The CSV's install strategy, as the Deployment OLM creates from it.
     let csv = generated_csv();
     let d = &csv["spec"]["install"]["spec"]["deployments"][0];
@@ -556,6 +557,49 @@ fn core_objects() -> Vec<Value> {
         );
     }
     objects
+}
+
+/// Validating/MutatingWebhookConfigurations kept in the repository (`webhooks/`), if any.
+fn repo_webhook_configurations() -> Vec<Value> {
+    let dir = repo().join("webhooks");
+    let Ok(files) = check::read_bundle_dir(&dir) else {
+        return Vec::new();
+    };
+    files
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .flat_map(|(_, text)| {
+            serde_yaml::Deserializer::from_str(&text)
+                .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+                .collect::<Vec<Value>>()
+        })
+        .filter(|o| {
+            o["kind"] == "ValidatingWebhookConfiguration"
+                || o["kind"] == "MutatingWebhookConfiguration"
+        })
+        .collect()
+}
+
+#[test]
+fn repository_webhook_configurations_avoid_rules_olm_forbids() {
+    let configs = repo_webhook_configurations();
+    if configs.is_empty() {
+        println!("note: no webhook configurations under webhooks/ to check");
+    }
+    for config in &configs {
+        let name = config["metadata"]["name"].as_str().unwrap_or_default();
+        for (i, webhook) in config["webhooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let rules = webhook["rules"].as_array().map_or(&[][..], Vec::as_slice);
+            let findings = check::check_webhook_rules(rules, &format!("{name}.webhooks[{i}]"));
+            assert!(findings.is_empty(), "{findings:#?}");
+            assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]), "{name}");
+        }
+    }
 }
 
 #[test]
