@@ -9,6 +9,24 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# kubernetes-validate (PyPI) checks our core objects against the Kubernetes OpenAPI schemas;
+# installed once into a virtualenv under target/. Without Python the packaging test skips it.
+KV_VENV=target/kubernetes-validate-venv
+if [ ! -x "$KV_VENV/bin/kubernetes-validate" ]; then
+  if command -v python3 >/dev/null 2>&1 && python3 -m venv --help >/dev/null 2>&1; then
+    echo "==> installing kubernetes-validate into $KV_VENV"
+    python3 -m venv "$KV_VENV"
+    "$KV_VENV/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.37,<1.38' \
+      || echo "warning: kubernetes-validate could not be installed; its checks will be skipped"
+  else
+    echo "warning: python3 with venv not found; kubernetes-validate checks will be skipped"
+  fi
+fi
+if [ -x "$KV_VENV/bin/kubernetes-validate" ]; then
+  KUBERNETES_VALIDATE="$(pwd)/$KV_VENV/bin/kubernetes-validate"
+  export KUBERNETES_VALIDATE
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

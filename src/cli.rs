@@ -26,6 +26,12 @@ pub enum Command {
     Crd,
     /// Print, offline, every object the reconciler would create or change for a KataConfig.
     Render(RenderArgs),
+    /// Write the OLM bundle (bundle/, bundle.Dockerfile) and the plain manifests (deploy/).
+    Bundle {
+        /// Directory to write bundle/, bundle.Dockerfile and deploy/ into.
+        #[arg(long, default_value = ".")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sandboxed_containers_operator::cli::{Cli, Command};
-use sandboxed_containers_operator::{crdgen, render};
+use sandboxed_containers_operator::{crdgen, packaging, render};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +21,18 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Bundle { output } => match packaging::write_all(&output) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("wrote {}", output.join(path).display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 ExitCode::from(2)
             }
         },

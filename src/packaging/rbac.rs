@@ -1,0 +1,366 @@
+//! The operator's RBAC as one table. Every API call the operator makes must be covered by a row
+//! here and every row must be used: the ClusterRole, the Role, the CSV `clusterPermissions` /
+//! `permissions` and the plain manifests are all generated from [`rules`], so this is the single
+//! place to edit when the operator starts (or stops) calling an API.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+/// Where a grant applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// ClusterRole bound cluster-wide (cluster-scoped resources, or namespaced ones the operator
+    /// must see in every namespace).
+    Cluster,
+    /// Role bound in the operator's own namespace only (`POD_NAMESPACE`).
+    OperatorNamespace,
+}
+
+/// One grant: these verbs on this resource (a `resource/subresource` form for subresources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// API group; `""` is the core group.
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub scope: Scope,
+    /// Which part of the operator needs it, and for what.
+    pub why: &'static str,
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
+static RULES: &[ApiAccess] = &[
+    ApiAccess {
+        group: "kataconfiguration.openshift.io",
+        resource: "kataconfigs",
+        verbs: &["get", "list", "watch", "patch", "update"],
+        scope: Scope::Cluster,
+        why: "reconciler watches KataConfig and adds/removes its finalizer; webhook lists existing ones",
+    },
+    ApiAccess {
+        group: "kataconfiguration.openshift.io",
+        resource: "kataconfigs/status",
+        verbs: &["get", "patch", "update"],
+        scope: Scope::Cluster,
+        why: "reconciler reports progress and conditions",
+    },
+    ApiAccess {
+        group: "kataconfiguration.openshift.io",
+        resource: "kataconfigs/finalizers",
+        verbs: &["update"],
+        scope: Scope::Cluster,
+        why: "ownerReferences with blockOwnerDeletion on objects owned by the KataConfig",
+    },
+    ApiAccess {
+        group: "",
+        resource: "nodes",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Cluster,
+        why: "node selection and progress; the kata-oc role label is added/removed by patch",
+    },
+    ApiAccess {
+        group: "machineconfiguration.openshift.io",
+        resource: "machineconfigs",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "extension and CRI-O drop-in MachineConfigs",
+    },
+    ApiAccess {
+        group: "machineconfiguration.openshift.io",
+        resource: "machineconfigpools",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "the kata-oc pool and its rollout status",
+    },
+    ApiAccess {
+        group: "machineconfiguration.openshift.io",
+        resource: "containerruntimeconfigs",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "CRI-O log level for the kata pool",
+    },
+    ApiAccess {
+        group: "node.k8s.io",
+        resource: "runtimeclasses",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "the kata RuntimeClass; the pod webhook reads its overhead and scheduling",
+    },
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        why: "uninstall is blocked while pods use a kata RuntimeClass",
+    },
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        verbs: READ,
+        scope: Scope::Cluster,
+        why: "namespace policy label for the pod webhooks",
+    },
+    ApiAccess {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Scope::Cluster,
+        why: "Events on KataConfig state transitions (cluster-scoped objects record into `default`)",
+    },
+    ApiAccess {
+        group: "admissionregistration.k8s.io",
+        resource: "validatingwebhookconfigurations",
+        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        scope: Scope::Cluster,
+        why: "the operator registers its own webhooks and keeps caBundle current",
+    },
+    ApiAccess {
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        scope: Scope::Cluster,
+        why: "the operator registers its own webhooks and keeps caBundle current",
+    },
+    ApiAccess {
+        group: "apiextensions.k8s.io",
+        resource: "customresourcedefinitions",
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        why: "the KataConfig CRD is the owner of the webhook configurations (they go with it)",
+    },
+    ApiAccess {
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        why: "metrics endpoint authenticates bearer tokens",
+    },
+    ApiAccess {
+        group: "authorization.k8s.io",
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        why: "metrics endpoint authorizes GET /metrics",
+    },
+    ApiAccess {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update", "patch"],
+        scope: Scope::OperatorNamespace,
+        why: "leader election",
+    },
+    ApiAccess {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        scope: Scope::OperatorNamespace,
+        why: "the webhook CA and serving certificate",
+    },
+];
+
+/// Every grant the operator has.
+pub fn rules() -> &'static [ApiAccess] {
+    RULES
+}
+
+/// Whether the generated RBAC lets the operator make this request. `in_operator_namespace` is
+/// true for a namespaced request inside the operator's own namespace; cluster-scoped requests,
+/// requests across all namespaces and requests in any other namespace pass `false`. Cluster
+/// grants also cover the operator's namespace (a ClusterRoleBinding applies everywhere).
+pub fn allows(group: &str, resource: &str, verb: &str, in_operator_namespace: bool) -> bool {
+    RULES.iter().any(|r| {
+        r.group == group
+            && r.resource == resource
+            && r.verbs.contains(&verb)
+            && (r.scope == Scope::Cluster || in_operator_namespace)
+    })
+}
+
+/// One request the operator made (as an API request log records it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub verb: String,
+    /// Namespaced request inside the operator's own namespace.
+    pub in_operator_namespace: bool,
+}
+
+/// Calls the RBAC does not allow, and grants (`group/resource verb`) no call used.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub missing: Vec<ApiCall>,
+    pub unused: Vec<String>,
+}
+
+/// Compares the calls the operator made with the table, both ways: every call must be allowed
+/// and every granted verb must have been used by some call.
+pub fn coverage(calls: &[ApiCall]) -> Coverage {
+    let mut missing: Vec<ApiCall> = calls
+        .iter()
+        .filter(|c| !allows(&c.group, &c.resource, &c.verb, c.in_operator_namespace))
+        .cloned()
+        .collect();
+    missing.sort();
+    missing.dedup();
+    let unused = RULES
+        .iter()
+        .flat_map(|r| r.verbs.iter().map(move |v| (r, *v)))
+        .filter(|(r, v)| {
+            !calls
+                .iter()
+                .any(|c| c.group == r.group && c.resource == r.resource && c.verb == *v)
+        })
+        .map(|(r, v)| {
+            let group = if r.group.is_empty() { "core" } else { r.group };
+            format!("{group}/{} {v}", r.resource)
+        })
+        .collect();
+    Coverage { missing, unused }
+}
+
+/// Rules for one scope, one PolicyRule per table row (so a grant maps back to its reason).
+pub fn policy_rules(scope: Scope) -> Vec<PolicyRule> {
+    RULES
+        .iter()
+        .filter(|r| r.scope == scope)
+        .map(|r| PolicyRule {
+            api_groups: Some(vec![r.group.to_string()]),
+            resources: Some(vec![r.resource.to_string()]),
+            verbs: r.verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The ClusterRole Prometheus needs to scrape the authenticated metrics endpoint.
+pub fn metrics_reader_rules() -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        non_resource_urls: Some(vec!["/metrics".to_string()]),
+        verbs: vec!["get".to_string()],
+        ..Default::default()
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_wildcards_anywhere() {
+        for r in rules() {
+            assert!(
+                !r.group.contains('*') && !r.resource.contains('*'),
+                "wildcard in {r:?}"
+            );
+            assert!(!r.verbs.contains(&"*"), "wildcard verb in {r:?}");
+            assert!(!r.verbs.is_empty(), "no verbs in {r:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_only_granted_in_the_operator_namespace() {
+        for r in rules().iter().filter(|r| r.resource == "secrets") {
+            assert_eq!(r.scope, Scope::OperatorNamespace, "{r:?}");
+        }
+        assert!(allows("", "secrets", "get", true));
+        assert!(!allows("", "secrets", "get", false));
+        assert!(!allows("", "secrets", "delete", true));
+    }
+
+    #[test]
+    fn nodes_are_only_read_and_patched() {
+        let nodes: Vec<_> = rules().iter().filter(|r| r.resource == "nodes").collect();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].verbs, ["get", "list", "watch", "patch"]);
+        for verb in ["update", "create", "delete", "deletecollection"] {
+            assert!(!allows("", "nodes", verb, false), "nodes {verb}");
+        }
+    }
+
+    #[test]
+    fn cannot_create_or_change_crds() {
+        for verb in ["create", "patch", "update", "delete"] {
+            assert!(!allows(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                verb,
+                false
+            ));
+        }
+    }
+
+    #[test]
+    fn one_row_per_resource_and_no_duplicate_verbs() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in rules() {
+            assert!(
+                seen.insert((r.group, r.resource)),
+                "duplicate row for {}/{}",
+                r.group,
+                r.resource
+            );
+            let mut verbs = r.verbs.to_vec();
+            verbs.sort_unstable();
+            verbs.dedup();
+            assert_eq!(verbs.len(), r.verbs.len(), "duplicate verb in {r:?}");
+        }
+    }
+
+    fn call(group: &str, resource: &str, verb: &str, ns: bool) -> ApiCall {
+        ApiCall {
+            group: group.into(),
+            resource: resource.into(),
+            verb: verb.into(),
+            in_operator_namespace: ns,
+        }
+    }
+
+    #[test]
+    fn coverage_reports_missing_calls_and_unused_grants() {
+        // Every granted verb used once: nothing missing, nothing unused.
+        let all: Vec<ApiCall> = rules()
+            .iter()
+            .flat_map(|r| {
+                r.verbs
+                    .iter()
+                    .map(move |v| call(r.group, r.resource, v, r.scope == Scope::OperatorNamespace))
+            })
+            .collect();
+        assert_eq!(coverage(&all), Coverage::default());
+
+        let mut calls = all.clone();
+        calls.retain(|c| !(c.resource == "nodes" && c.verb == "patch"));
+        calls.push(call("", "secrets", "get", false));
+        calls.push(call("", "configmaps", "list", true));
+        let cov = coverage(&calls);
+        assert_eq!(
+            cov.missing,
+            [
+                call("", "configmaps", "list", true),
+                call("", "secrets", "get", false)
+            ]
+        );
+        assert_eq!(cov.unused, ["core/nodes patch"]);
+    }
+
+    #[test]
+    fn policy_rules_reproduce_the_table() {
+        let cluster = policy_rules(Scope::Cluster);
+        let ns = policy_rules(Scope::OperatorNamespace);
+        assert_eq!(cluster.len() + ns.len(), rules().len());
+        for rule in cluster.iter().chain(&ns) {
+            let group = &rule.api_groups.as_deref().unwrap_or_default()[0];
+            let resource = &rule.resources.as_deref().unwrap_or_default()[0];
+            for verb in &rule.verbs {
+                assert!(allows(group, resource, verb, true));
+            }
+        }
+        assert!(
+            ns.iter()
+                .any(|r| r.resources == Some(vec!["leases".into()]))
+        );
+    }
+}
