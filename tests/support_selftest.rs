@@ -480,6 +480,65 @@ async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
 }
 
 #[tokio::test]
+async fn watch_resumes_from_a_resource_version_and_expires_old_ones() {
+    use kube::api::{WatchEvent, WatchParams};
+    let fake = FakeApi::with_history(3);
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect("create");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .expect("create");
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Changes made after the list are replayed in order.
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Added(o) => assert_eq!(o.name_any(), "b"),
+        other => panic!("expected ADDED b, got {other:?}"),
+    }
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Deleted(o) => assert_eq!(o.name_any(), "a"),
+        other => panic!("expected DELETED a, got {other:?}"),
+    }
+    // Push the list's resourceVersion out of the 3-change history: 410 Gone.
+    for i in 0..4 {
+        api.create(&PostParams::default(), &cm(&format!("x{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            assert!(
+                e.message.contains("too old resource version"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
     let fake = FakeApi::new();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
@@ -542,6 +601,34 @@ async fn injected_faults_fail_the_next_matching_requests_only() {
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
 
+    // "resource/sub" faults hit only the subresource.
+    let kc: Api<KataConfig> = Api::all(fake.client());
+    kc.create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    fake.inject(Fault::on(
+        "patch",
+        "kataconfigs/status",
+        FaultKind::Status(503),
+        1,
+    ));
+    kc.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await
+    .expect("main resource unaffected");
+    let e = kc
+        .patch_status(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {}})),
+        )
+        .await
+        .expect_err("503");
+    assert_eq!(api_code(e), (503, "ServiceUnavailable".into()));
+
     fake.inject(Fault::any(FaultKind::Timeout(Duration::from_millis(5)), 1));
     assert_eq!(
         api_code(api.get("a").await.expect_err("timeout")),
@@ -579,10 +666,11 @@ async fn request_log_records_verbs_resources_and_writes() {
         .expect("create");
     kc.get("k").await.expect("get");
     kc.list(&ListParams::default()).await.expect("list");
+    let status = json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "metadata": {"name": "k"}, "status": {}});
     kc.patch_status(
         "k",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {}})),
+        &PatchParams::apply("me").force(),
+        &Patch::Apply(status),
     )
     .await
     .expect("status");
@@ -597,6 +685,9 @@ async fn request_log_records_verbs_resources_and_writes() {
             .all(|r| r.group == "kataconfiguration.openshift.io" && r.resource == "kataconfigs")
     );
     assert_eq!(log[3].subresource.as_deref(), Some("status"));
+    assert_eq!(log[3].patch_type.as_deref(), Some("apply"));
+    assert_eq!(log[3].field_manager.as_deref(), Some("me"));
+    assert_eq!(log[0].patch_type, None);
     assert_eq!(log[1].name.as_deref(), Some("k"));
     assert_eq!(fake.write_count(), 3);
     assert_eq!(fake.write_count_by("operator"), 3);

@@ -7,7 +7,7 @@
 //!
 //! Not simulated: rendered MachineConfig objects (only their names), drain, node Ready.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -341,6 +341,7 @@ impl Sim {
         let pool_api = Api::<MachineConfigPool>::all(self.client.clone());
         let degraded = lock(&self.shared).degraded.clone();
         let mut result = Ok(());
+        let mut seen = HashSet::new();
         for pool in pools {
             let pname = pool.name_any();
             // Render: the pool's MachineConfigs, by its selector.
@@ -378,6 +379,7 @@ impl Sim {
                 .filter(|n| pool_of(n, pools).is_some_and(|p| p.name_any() == pname))
                 .collect();
             members.sort_by_key(|n| n.name_any());
+            seen.extend(members.iter().map(|n| n.name_any()));
             if let Err(e) = self
                 .walk(&members, &target, pool.spec.paused == Some(true), &degraded)
                 .await
@@ -410,6 +412,8 @@ impl Sim {
                 }
             }
         }
+        // Forget timers of nodes that left every pool or disappeared.
+        self.working.retain(|n, _| seen.contains(n));
         result
     }
 
@@ -468,8 +472,12 @@ impl Sim {
                     .await?;
                     self.working.remove(&name);
                 }
-            } else if cur != target && next.is_none() {
-                next = Some(name);
+            } else {
+                // Settled (perhaps by someone else): no timer to keep.
+                self.working.remove(&name);
+                if cur != target && next.is_none() {
+                    next = Some(name);
+                }
             }
         }
         if let (false, false, Some(name)) = (busy, paused, next) {
