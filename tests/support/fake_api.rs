@@ -1353,7 +1353,7 @@ impl FakeApi {
                 let p = Self::parse_body(bytes)?;
                 if apply {
                     let body_name = p["metadata"]["name"].as_str().unwrap_or("");
-                    if body_name != name {
+                    if !body_name.is_empty() && body_name != name {
                         return Err(err(
                             400,
                             "BadRequest",
@@ -1383,7 +1383,7 @@ impl FakeApi {
             ));
         }
         // Optimistic concurrency: a resourceVersion in the body must match.
-        let sent_rv = if how == "update" || how.starts_with("application/merge-patch") {
+        let sent_rv = if !how.starts_with("application/json-patch") {
             Self::parse_body(bytes)?["metadata"]["resourceVersion"]
                 .as_str()
                 .map(String::from)
@@ -1404,6 +1404,13 @@ impl FakeApi {
         }
         if how == "update" && existing.is_none() {
             return Err(not_found(&t.res, &name));
+        }
+        // Identity is the URL's, whatever the patch said.
+        new["apiVersion"] = json!(t.res.api_version());
+        new["kind"] = json!(t.res.kind);
+        new["metadata"]["name"] = json!(name);
+        if let Some(ns) = &t.namespace {
+            new["metadata"]["namespace"] = json!(ns);
         }
         if let Some(old) = existing
             .as_ref()

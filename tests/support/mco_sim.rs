@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
+use sandboxed_containers_operator::api::mco::PoolConfiguration;
 use sandboxed_containers_operator::api::{MachineConfig, MachineConfigPool};
 use sandboxed_containers_operator::names::{
     MASTER_POOL, MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE, WORKER_POOL,
@@ -357,20 +358,22 @@ impl Sim {
                 "name": target,
                 "source": names.iter().map(|n| json!({"apiVersion": MC_API_VERSION, "kind": "MachineConfig", "name": n})).collect::<Vec<_>>(),
             });
-            let current = serde_json::to_value(&pool.spec.configuration).unwrap_or(Value::Null);
-            if current != configuration {
-                if let Err(e) = pool_api
+            // Compare typed, so an empty source list and an absent one are the same rendering.
+            let wanted: Option<PoolConfiguration> =
+                serde_json::from_value(configuration.clone()).ok();
+            let stale = pool.spec.configuration != wanted;
+            if stale
+                && let Err(e) = pool_api
                     .patch(
                         &pname,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"spec": {"configuration": configuration}})),
                     )
                     .await
-                {
-                    result =
-                        Err(e).with_context(|| format!("write spec.configuration of pool {pname}"));
-                    continue;
-                }
+            {
+                result =
+                    Err(e).with_context(|| format!("write spec.configuration of pool {pname}"));
+                continue;
             }
             // The pool's nodes, by name.
             let mut members: Vec<&Node> = nodes
