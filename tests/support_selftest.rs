@@ -1157,9 +1157,10 @@ async fn envtest_reports_a_server_that_dies_and_leaves_no_process_behind() {
         "etcd",
         "echo $$ > \"$(dirname \"$0\")/etcd.pid\"; exec sleep 60",
     );
+    // It fails only once etcd is up, so the test also proves etcd gets stopped.
     script(
         "kube-apiserver",
-        "echo 'stub apiserver: unknown flag' >&2; exit 3",
+        "for i in $(seq 1 400); do [ -f \"$(dirname \"$0\")/etcd.pid\" ] && break; sleep 0.05; done\necho 'stub apiserver: unknown flag' >&2; exit 3",
     );
     assert!(envtest::locate_assets(Some(assets.path().as_os_str())).is_ok());
     let err = match envtest::start_with_assets(assets.path()).await {
@@ -1228,4 +1229,55 @@ async fn envtest_real_server_runs_the_mco_simulator() {
         .await
         .expect("KataConfig CRD served");
     sim.stop().await;
+}
+
+/// kube's own Controller and finalizer helper (JSON patch with a `test` op) run against the fake.
+#[tokio::test]
+async fn kube_controller_with_finalizer_helper_runs_against_the_fake() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    use std::sync::Arc;
+    let fake = FakeApi::new();
+    let api: Api<KataConfig> = Api::all(fake.client());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let reconcile = |obj: Arc<KataConfig>, api: Arc<Api<KataConfig>>| async move {
+        finalizer(&api, "kataconfiguration.openshift.io/finalizer", obj, |ev| async {
+            match ev {
+                Finalizer::Apply(o) => {
+                    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                    api.patch_status(&o.name_any(), &PatchParams::default(), &Patch::Merge(status)).await?;
+                    Ok(Action::await_change())
+                }
+                Finalizer::Cleanup(_) => Ok::<_, kube::Error>(Action::await_change()),
+            }
+        })
+        .await
+    };
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .graceful_shutdown_on(cancel.clone().cancelled_owned())
+        .run(
+            reconcile,
+            |_, _, _| Action::requeue(Duration::from_millis(50)),
+            Arc::new(api.clone()),
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    api.create(&PostParams::default(), &kata("example"))
+        .await
+        .expect("create");
+    eventually("finalizer added and status written", || {
+        fake.get::<KataConfig>("example")
+            .is_some_and(|k| k.finalizers().len() == 1 && k.status.is_some())
+    })
+    .await;
+    api.delete("example", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("finalizer removed, object gone", || {
+        fake.get::<KataConfig>("example").is_none()
+    })
+    .await;
+    cancel.cancel();
+    task.await.expect("controller ends");
 }

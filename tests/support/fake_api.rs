@@ -1336,13 +1336,23 @@ impl FakeApi {
                 let patch: json_patch::Patch = serde_json::from_slice(bytes)
                     .map_err(|e| err(400, "BadRequest", format!("invalid JSON patch: {e}")))?;
                 let mut doc = old.clone();
-                json_patch::patch(&mut doc, &patch.0).map_err(|e| {
-                    err(
-                        422,
-                        "Invalid",
-                        format!("the JSON patch could not be applied: {e}"),
-                    )
-                })?;
+                for op in &patch.0 {
+                    // Like the API server's patch library, `test` for null passes on an absent path
+                    // (kube's finalizer helper relies on it).
+                    if let json_patch::PatchOperation::Test(t) = op
+                        && t.value.is_null()
+                        && doc.pointer(t.path.as_str()).is_none()
+                    {
+                        continue;
+                    }
+                    json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                        err(
+                            422,
+                            "Invalid",
+                            format!("the JSON patch could not be applied: {e}"),
+                        )
+                    })?;
+                }
                 doc
             }
             (Some(old), h)
