@@ -911,7 +911,11 @@ async fn sim_seeds_a_settled_cluster_and_then_writes_nothing() {
         )
         .await
         .expect("label");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rv = fake.resource_version();
+    eventually("sim acted on the label change", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
     assert_eq!(
         fake.write_count_by("mco-sim"),
         0,
@@ -1058,7 +1062,11 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
     } else {
         "worker-0"
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rv = fake.resource_version();
+    eventually("sim acted on the degraded state", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
     assert_eq!(ann(&fake, working, MCO_STATE).as_deref(), Some("Degraded"));
     assert_eq!(ann(&fake, other, MCO_CURRENT_CONFIG), Some(before.clone()));
     assert_eq!(ann(&fake, other, MCO_STATE).as_deref(), Some("Done"));

@@ -54,6 +54,10 @@ impl Default for SimOptions {
 struct Shared {
     /// Nodes a test degraded: the loop leaves them alone until recovered.
     degraded: HashMap<String, String>,
+    /// Highest resourceVersion among the objects the last finished pass acted on.
+    seen_rv: u64,
+    /// Finished reconcile passes.
+    passes: u64,
 }
 
 pub struct McoSimulator;
@@ -126,6 +130,19 @@ impl SimHandle {
         patch_annotations(&self.client, name, &[(MCO_STATE, state), (MCO_REASON, "")]).await?;
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Highest resourceVersion among the pools, MachineConfigs and nodes a finished pass saw.
+    /// After a test's own write at version R, `seen_resource_version() >= R` means a pass has run
+    /// on a cache holding that write: a deterministic "the sim has reacted" (numeric RVs, as the
+    /// fake and etcd-backed servers use).
+    pub fn seen_resource_version(&self) -> u64 {
+        lock(&self.shared).seen_rv
+    }
+
+    /// Finished reconcile passes.
+    pub fn passes(&self) -> u64 {
+        lock(&self.shared).passes
     }
 
     /// Stop the simulator and wait for its loop to end.
@@ -291,13 +308,27 @@ impl Sim {
                 continue;
             }
             retry_at = None;
-            if let Err(e) = self
-                .reconcile(&pools.state(), &mcs.state(), &nodes.state())
-                .await
-            {
+            let (p, m, n) = (pools.state(), mcs.state(), nodes.state());
+            if let Err(e) = self.reconcile(&p, &m, &n).await {
                 tracing::debug!("mco-sim: {e:#}; retrying");
                 retry_at = Some(Instant::now() + self.step);
             }
+            let rv = |o: &kube::core::ObjectMeta| {
+                o.resource_version
+                    .as_deref()
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let seen = p
+                .iter()
+                .map(|o| rv(&o.metadata))
+                .chain(m.iter().map(|o| rv(&o.metadata)))
+                .chain(n.iter().map(|o| rv(&o.metadata)))
+                .max()
+                .unwrap_or(0);
+            let mut sh = lock(&self.shared);
+            sh.seen_rv = sh.seen_rv.max(seen);
+            sh.passes += 1;
         }
     }
 
