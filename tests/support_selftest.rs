@@ -1289,3 +1289,279 @@ async fn kube_controller_with_finalizer_helper_runs_against_the_fake() {
     cancel.cancel();
     task.await.expect("controller ends");
 }
+
+async fn raw(
+    fake: &FakeApi,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+        .expect("request");
+    let resp = fake.serve(req, "raw").await;
+    let code = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_requests_get_real_status_bodies_naming_the_problem() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("a", json!({})));
+    let cms = "/api/v1/namespaces/ns1/configmaps";
+    let json_ct = "application/json";
+    let merge = "application/merge-patch+json";
+    let cases: Vec<(&str, String, &str, &str, u16, &str, &str)> = vec![
+        (
+            "GET",
+            "/apis/example.com/v1/widgets".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "could not find the requested resource",
+        ),
+        (
+            "GET",
+            "/api/v1/configmaps/a".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps is namespaced",
+        ),
+        (
+            "PUT",
+            cms.into(),
+            json_ct,
+            "{}",
+            405,
+            "MethodNotAllowed",
+            "PUT is not supported",
+        ),
+        (
+            "GET",
+            format!("{cms}?labelSelector=app%20in%20x"),
+            json_ct,
+            "",
+            400,
+            "BadRequest",
+            "needs parentheses",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            "[1,2",
+            400,
+            "BadRequest",
+            "not valid JSON or YAML",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{}}"#,
+            422,
+            "Invalid",
+            "name or generateName is required",
+        ),
+        (
+            "POST",
+            "/api/v1/configmaps".into(),
+            json_ct,
+            r#"{"metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+            "POST to /namespaces/<ns>/configmaps",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{"name":"a"}}"#,
+            409,
+            "AlreadyExists",
+            "\"a\" already exists",
+        ),
+        (
+            "PUT",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"metadata":{"name":"b"}}"#,
+            400,
+            "BadRequest",
+            "does not match the name on the URL",
+        ),
+        (
+            "PUT",
+            format!("{cms}/zz"),
+            json_ct,
+            r#"{"metadata":{"name":"zz"}}"#,
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a/scale"),
+            merge,
+            "{}",
+            404,
+            "NotFound",
+            "no subresource scale",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "text/plain",
+            "{}",
+            415,
+            "UnsupportedMediaType",
+            "unknown format: text/plain",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "application/json-patch+json",
+            "{}",
+            400,
+            "BadRequest",
+            "invalid JSON patch",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            merge,
+            r#"{"metadata":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "the object has been modified",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"preconditions":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "Precondition failed: ResourceVersion",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/zz"),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            "/apis/kataconfiguration.openshift.io/v1/kataconfigs/k/status".into(),
+            "application/apply-patch+yaml",
+            r#"{"status":{}}"#,
+            404,
+            "NotFound",
+            "kataconfigs.kataconfiguration.openshift.io \"k\" not found",
+        ),
+    ];
+    for (method, uri, ct, body, code, reason, message) in cases {
+        let (got, status) = raw(&fake, method, &uri, ct, body).await;
+        assert_eq!(got, code, "{method} {uri}: {status}");
+        assert_eq!(status["kind"], "Status", "{method} {uri}");
+        assert_eq!(status["code"], code, "{method} {uri}");
+        assert_eq!(status["reason"], reason, "{method} {uri}: {status}");
+        let text = status["message"].as_str().unwrap_or("");
+        assert!(
+            text.contains(message),
+            "{method} {uri}: {text:?} should mention {message:?}"
+        );
+    }
+    // What does work on the same paths.
+    let (code, made) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"generateName":"gen-"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        made["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("gen-") && n.len() > 4)
+    );
+    let (code, version) = raw(&fake, "GET", "/version", json_ct, "").await;
+    assert_eq!((code, version["major"].as_str()), (200, Some("1")));
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"name":"dry"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        &format!("{cms}?dryRun=All"),
+        json_ct,
+        r#"{"metadata":{"name":"dry2"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        fake.get_ns::<ConfigMap>("ns1", "dry2").is_none(),
+        "dry run stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_and_strategic_merge_work() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("one", json!({})));
+    fake.insert(&cm("two", json!({})));
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut init = Vec::new();
+    loop {
+        match stream.try_next().await.expect("ok").expect("event") {
+            watcher::Event::InitApply(o) => init.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, ["one", "two"]);
+    let initial_watch = fake.requests().into_iter().find(|r| r.verb == "watch");
+    assert!(
+        initial_watch.is_some(),
+        "streaming lists start with a watch, not a list"
+    );
+    api.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"data": {"s": "1"}})),
+    )
+    .await
+    .expect("strategic merge");
+    match stream.try_next().await.expect("ok").expect("event") {
+        watcher::Event::Apply(o) => assert_eq!(o.data.expect("data")["s"], "1"),
+        other => panic!("expected the patched object, got {other:?}"),
+    }
+    let log = fake.requests();
+    assert_eq!(
+        log.last().and_then(|r| r.patch_type.clone()).as_deref(),
+        Some("strategic")
+    );
+}
