@@ -818,7 +818,7 @@ fn mc(name: &str, role: &str) -> Value {
 
 fn kata_pool() -> Value {
     json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
-    "metadata": {"name": "kata-oc"},
+    "metadata": {"name": "kata-oc", "labels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
     "spec": {
         "machineConfigSelector": {"matchExpressions": [{"key": "machineconfiguration.openshift.io/role", "operator": "In", "values": ["kata-oc", "worker"]}]},
         "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/kata-oc": ""}},
@@ -1564,4 +1564,78 @@ async fn streaming_list_watcher_and_strategic_merge_work() {
         log.last().and_then(|r| r.patch_type.clone()).as_deref(),
         Some("strategic")
     );
+}
+
+#[tokio::test]
+async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() {
+    let (fake, sim) = cluster(1).await;
+    fake.insert_json(kata_pool());
+    fake.insert_json(mc("50-kata", "kata-oc"));
+    let nodes: Api<Node> = Api::all(fake.client());
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"node-role.kubernetes.io/kata-oc": ""}}})),
+        )
+        .await
+        .expect("label");
+    eventually("kata pool settled", || pool_settled(&fake, "kata-oc", 1)).await;
+    let before = rendered(&fake, "kata-oc").expect("rendered");
+    fake.insert_json(json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "ContainerRuntimeConfig",
+        "metadata": {"name": "kata-crio-config"},
+        "spec": {
+            "machineConfigPoolSelector": {"matchLabels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
+            "containerRuntimeConfig": {"logLevel": "debug"},
+        },
+    }));
+    let generated = "99-kata-oc-generated-containerruntime";
+    eventually("generated MC rendered into the pool and rolled out", || {
+        rendered(&fake, "kata-oc").is_some_and(|r| r != before) && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
+    let mc = fake
+        .get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+        .expect("generated MC");
+    assert_eq!(
+        mc.labels()["machineconfiguration.openshift.io/role"],
+        "kata-oc"
+    );
+    let source = serde_json::to_string(&mc.spec.config).expect("json");
+    assert!(
+        source.contains("logLevel") && source.contains("debug"),
+        "{source}"
+    );
+    let sources: Vec<String> = pool(&fake, "kata-oc")
+        .spec
+        .configuration
+        .expect("conf")
+        .source
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    assert!(sources.contains(&generated.to_string()), "{sources:?}");
+    assert!(
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(
+            "99-worker-generated-containerruntime"
+        )
+        .is_none(),
+        "worker pool not selected"
+    );
+    // Removing the CRC removes its MachineConfig and the pool goes back to the old rendering.
+    assert!(fake.delete(
+        "machineconfiguration.openshift.io/v1",
+        "containerruntimeconfigs",
+        None,
+        "kata-crio-config"
+    ));
+    eventually("generated MC gone and pool re-rendered", || {
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+            .is_none()
+            && rendered(&fake, "kata-oc") == Some(before.clone())
+            && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
+    sim.stop().await;
 }
