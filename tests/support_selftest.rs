@@ -122,6 +122,27 @@ async fn create_get_list_with_selectors_and_conflicts() {
         2
     );
 
+    // Collection delete honours the label selector.
+    let gone = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=y"),
+        )
+        .await
+        .expect("delete collection");
+    let gone: Vec<String> = gone
+        .left()
+        .expect("list of deleted")
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert_eq!(gone, ["b"]);
+    assert_eq!(
+        names(api.list(&ListParams::default()).await.expect("list")),
+        ["a"]
+    );
+
     // PUT with a stale resourceVersion conflicts.
     let mut stale = a.clone();
     let mut fresh = api.get("a").await.expect("get");
@@ -933,6 +954,11 @@ async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
     // Track every annotation state the nodes pass through.
     let nodes: Api<Node> = Api::all(fake.client());
     let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    // The watcher is lazy: have it listed and watching before anything moves.
+    while !matches!(
+        stream.try_next().await.expect("ok").expect("event"),
+        watcher::Event::InitDone
+    ) {}
 
     fake.insert_json(kata_pool());
     fake.insert_json(mc("50-kata", "kata-oc"));
@@ -950,21 +976,34 @@ async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
     }
     let mut working_at_once = 0usize;
     let mut seen_working = std::collections::BTreeSet::new();
-    let mut state: std::collections::BTreeMap<String, String> = Default::default();
-    while !(pool_settled(&fake, "kata-oc", 2) && pool_settled(&fake, "worker", 1)) {
+    // Node -> (state, currentConfig) as the watch delivered them.
+    let mut seen: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    let done_on_kata = |seen: &std::collections::BTreeMap<String, (String, String)>, n: &str| {
+        seen.get(n).is_some_and(|(s, c)| {
+            s == "Done"
+                && c.starts_with("rendered-kata-oc-")
+                && rendered(&fake, "kata-oc").as_ref() == Some(c)
+        })
+    };
+    while !(done_on_kata(&seen, "worker-0")
+        && done_on_kata(&seen, "worker-1")
+        && pool_settled(&fake, "kata-oc", 2)
+        && pool_settled(&fake, "worker", 1))
+    {
         let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
             .await
             .expect("progress")
             .expect("ok")
             .expect("event");
         if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = ev {
-            let s = n.annotations().get(MCO_STATE).cloned().unwrap_or_default();
+            let get = |k: &str| n.annotations().get(k).cloned().unwrap_or_default();
+            let s = get(MCO_STATE);
             if s == "Working" {
                 seen_working.insert(n.name_any());
             }
-            state.insert(n.name_any(), s);
+            seen.insert(n.name_any(), (s, get(MCO_CURRENT_CONFIG)));
             working_at_once =
-                working_at_once.max(state.values().filter(|s| *s == "Working").count());
+                working_at_once.max(seen.values().filter(|(s, _)| s == "Working").count());
         }
     }
     assert_eq!(working_at_once, 1, "maxUnavailable 1 per pool");
@@ -1011,35 +1050,24 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
     let (fake, sim) = cluster(2).await;
     eventually("initial settle", || pool_settled(&fake, "worker", 2)).await;
     let before = rendered(&fake, "worker").expect("rendered");
-    // A new worker MachineConfig: the pool re-renders and starts walking.
-    fake.insert_json(mc("99-new", "worker"));
-    eventually("re-rendered", || {
-        rendered(&fake, "worker").is_some_and(|r| r != before)
-    })
-    .await;
-    eventually("a node is working", || {
-        ["worker-0", "worker-1"]
-            .iter()
-            .any(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
-    })
-    .await;
-    let working = ["worker-0", "worker-1"]
-        .into_iter()
-        .find(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
-        .expect("one working");
-    sim.degrade_node(working, "disk on fire")
+    sim.degrade_node("worker-0", "disk on fire")
         .await
         .expect("degrade");
     eventually("pool degraded", || {
         pool(&fake, "worker").status.is_some_and(|s| {
             s.degraded_machine_count == 1
+                && s.unavailable_machine_count == 1
                 && s.condition_true("Degraded")
                 && !s.condition_true("Updated")
         })
     })
     .await;
     assert_eq!(
-        ann(&fake, working, MCO_REASON).as_deref(),
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_REASON).as_deref(),
         Some("disk on fire")
     );
     let st = pool(&fake, "worker").status.expect("status");
@@ -1048,38 +1076,53 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
         .iter()
         .find(|c| c.type_ == "Degraded")
         .expect("Degraded condition");
+    let message = degraded.message.clone().unwrap_or_default();
     assert!(
-        degraded
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("disk on fire"),
+        message.contains("worker-0") && message.contains("disk on fire"),
         "{degraded:?}"
     );
-    // While degraded the node stays put and the other node does not start.
-    let other = if working == "worker-0" {
-        "worker-1"
-    } else {
-        "worker-0"
-    };
+
+    // A new rendering does not roll while a node is degraded (it uses up maxUnavailable).
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
     let rv = fake.resource_version();
-    eventually("sim acted on the degraded state", || {
+    eventually("sim acted on the new rendering", || {
         sim.seen_resource_version() >= rv
     })
     .await;
-    assert_eq!(ann(&fake, working, MCO_STATE).as_deref(), Some("Degraded"));
-    assert_eq!(ann(&fake, other, MCO_CURRENT_CONFIG), Some(before.clone()));
-    assert_eq!(ann(&fake, other, MCO_STATE).as_deref(), Some("Done"));
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(
+            ann(&fake, n, MCO_CURRENT_CONFIG),
+            Some(before.clone()),
+            "{n} did not move"
+        );
+        assert_eq!(
+            ann(&fake, n, MCO_DESIRED_CONFIG),
+            Some(before.clone()),
+            "{n} did not start"
+        );
+    }
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
 
-    sim.recover_node(working).await.expect("recover");
-    eventually("pool settled after recovery", || {
-        pool_settled(&fake, "worker", 2)
+    sim.recover_node("worker-0").await.expect("recover");
+    eventually("pool settled on the new rendering after recovery", || {
+        pool_settled(&fake, "worker", 2) && rendered(&fake, "worker") != Some(before.clone())
     })
     .await;
+    let target = rendered(&fake, "worker");
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(ann(&fake, n, MCO_CURRENT_CONFIG), target, "{n}");
+        assert_eq!(ann(&fake, n, MCO_REASON).as_deref(), Some(""), "{n}");
+    }
     let st = pool(&fake, "worker").status.expect("status");
     assert_eq!(st.degraded_machine_count, 0);
     assert!(!st.condition_true("Degraded"));
-    assert_eq!(ann(&fake, working, MCO_REASON).as_deref(), Some(""));
     sim.stop().await;
 }
 
