@@ -15,7 +15,7 @@ use sandboxed_containers_operator::names::{
     MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
 };
 use serde_json::{Value, json};
-use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions};
+use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions, eventually};
 
 fn cm(name: &str, labels: Value) -> ConfigMap {
     serde_json::from_value(json!({
@@ -39,17 +39,6 @@ fn api_code(e: kube::Error) -> (u16, String) {
         kube::Error::Api(s) => (s.code, s.reason.clone()),
         other => panic!("expected an API error, got {other:?}"),
     }
-}
-
-/// Poll `check` until it holds; the bound is a hang guard, not a timing assertion.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..2000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -1680,5 +1669,38 @@ async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() 
             && pool_settled(&fake, "kata-oc", 1)
     })
     .await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
+    let fake = FakeApi::new();
+    support::seed_cluster(&fake, 3, 0, true);
+    let sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim");
+    eventually("master pool settled with all three nodes", || {
+        pool_settled(&fake, "master", 3)
+    })
+    .await;
+    eventually("worker pool settled empty", || {
+        pool_settled(&fake, "worker", 0)
+    })
+    .await;
+    let worker = pool(&fake, "worker").status.expect("worker status");
+    assert_eq!(
+        worker.machine_count, 0,
+        "master wins over worker for converged nodes"
+    );
+    assert!(
+        ann(&fake, "master-0", MCO_CURRENT_CONFIG)
+            .is_some_and(|c| c.starts_with("rendered-master-"))
+    );
     sim.stop().await;
 }
