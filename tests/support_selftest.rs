@@ -409,9 +409,51 @@ async fn delete_with_finalizers_waits_for_them_and_owner_gc_cascades() {
         .await
         .expect("delete");
     assert!(gone.is_right(), "immediate deletion answers a Status");
+    let orphan = secrets.get("s2").await.expect("orphaned dependent kept");
+    assert!(
+        orphan.owner_references().is_empty(),
+        "owner reference stripped"
+    );
+    // No new finalizer may be added to an object being deleted; releasing it runs a
+    // collection that still leaves the orphan alone.
+    let mut k3 = kata("k3");
+    k3.metadata.finalizers = Some(vec!["a/one".into()]);
+    kc.create(&PostParams::default(), &k3)
+        .await
+        .expect("create");
+    kc.delete("k3", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let refused = kc
+        .patch(
+            "k3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["a/one", "b/two"]}})),
+        )
+        .await
+        .expect_err("new finalizer while deleting");
+    match refused {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(
+                s.message.contains("no new finalizers can be added"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    kc.patch(
+        "k3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release k3");
+    assert!(kc.get_opt("k3").await.expect("get").is_none());
     assert!(
         secrets.get_opt("s2").await.expect("get").is_some(),
-        "orphaned dependent kept"
+        "orphan survives later GC"
     );
 }
 

@@ -624,7 +624,26 @@ impl State {
         let old = self.objects.remove(key)?;
         self.next_rv();
         self.emit(tx, key, Some(old.clone()), None);
-        if !orphan {
+        if orphan {
+            // Orphaning strips the owner reference, so later collections leave dependents alone.
+            let uid = old["metadata"]["uid"].clone();
+            let dependents: Vec<(Key, Value)> = self
+                .objects
+                .iter()
+                .filter(|(_, o)| {
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["uid"] == uid))
+                })
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            for (k, mut o) in dependents {
+                if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"] != uid);
+                }
+                self.commit(tx, &k, o);
+            }
+        } else {
             self.collect_garbage(tx);
         }
         Some(old)
