@@ -15,6 +15,7 @@ pub mod crdgen;
 pub mod health;
 pub mod metrics;
 pub mod names;
+pub mod observability;
 pub mod plan;
 pub mod render;
 pub mod selector;
