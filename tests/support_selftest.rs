@@ -760,6 +760,25 @@ async fn typed_and_json_test_hooks_see_the_same_store() {
     assert!(fake.get_ns::<ConfigMap>("ns1", "c").is_some());
     assert_eq!(fake.list_json("v1", "configmaps", Some("ns1")).len(), 1);
     assert_eq!(fake.list::<Node>().len(), 1);
+    // Metadata-only reads (PartialObjectMetadata) deserialize from the full objects.
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    assert_eq!(
+        cms.get_metadata("c")
+            .await
+            .expect("metadata")
+            .metadata
+            .name
+            .as_deref(),
+        Some("c")
+    );
+    assert_eq!(
+        cms.list_metadata(&ListParams::default())
+            .await
+            .expect("metadata list")
+            .items
+            .len(),
+        1
+    );
     assert!(fake.delete("v1", "nodes", None, "n1"));
     assert!(!fake.delete("v1", "nodes", None, "n1"));
     let nodes: Api<Node> = Api::all(fake.client());
