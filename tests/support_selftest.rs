@@ -1,0 +1,1767 @@
+//! Self-tests of tests/support: the fake API server and the MCO simulator, driven through kube's
+//! own client so they prove what the operator will see.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use sandboxed_containers_operator::api::{KataConfig, MachineConfigPool};
+use sandboxed_containers_operator::names::{
+    MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
+};
+use serde_json::{Value, json};
+use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions, eventually};
+
+fn cm(name: &str, labels: Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "ns1", "labels": labels},
+        "data": {"k": "v"},
+    }))
+    .expect("valid ConfigMap")
+}
+
+fn kata(name: &str) -> KataConfig {
+    serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": name}, "spec": {},
+    }))
+    .expect("valid KataConfig")
+}
+
+fn api_code(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_get_list_with_selectors_and_conflicts() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let pp = PostParams::default();
+    let a = api
+        .create(&pp, &cm("a", json!({"app": "x", "tier": "web"})))
+        .await
+        .expect("create a");
+    api.create(&pp, &cm("b", json!({"app": "y"})))
+        .await
+        .expect("create b");
+    assert!(!a.uid().unwrap_or_default().is_empty(), "uid assigned");
+    assert!(
+        a.creation_timestamp().is_some(),
+        "creationTimestamp assigned"
+    );
+    assert_eq!(a.metadata.generation, Some(1));
+
+    let again = api
+        .create(&pp, &cm("a", json!({})))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(api_code(again), (409, "AlreadyExists".into()));
+    let missing = api.get("zzz").await.expect_err("missing");
+    assert_eq!(api_code(missing), (404, "NotFound".into()));
+
+    let sel = |s: &str| ListParams::default().labels(s);
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(api.list(&sel("app=x")).await.expect("list")), ["a"]);
+    assert_eq!(
+        names(api.list(&sel("app in (x,y)")).await.expect("list")),
+        ["a", "b"]
+    );
+    assert_eq!(names(api.list(&sel("app!=x")).await.expect("list")), ["b"]);
+    assert_eq!(names(api.list(&sel("tier")).await.expect("list")), ["a"]);
+    assert_eq!(names(api.list(&sel("!tier")).await.expect("list")), ["b"]);
+    let by_name = api
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .expect("list");
+    assert_eq!(names(by_name.clone()), ["b"]);
+    assert!(
+        by_name
+            .metadata
+            .resource_version
+            .is_some_and(|rv| !rv.is_empty())
+    );
+    // Other namespaces are not listed; all-namespaces lists see everything.
+    let other: Api<ConfigMap> = Api::namespaced(fake.client(), "ns2");
+    assert!(
+        other
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    let all: Api<ConfigMap> = Api::all(fake.client());
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+
+    // Collection delete honours the label selector.
+    let gone = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=y"),
+        )
+        .await
+        .expect("delete collection");
+    let gone: Vec<String> = gone
+        .left()
+        .expect("list of deleted")
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert_eq!(gone, ["b"]);
+    assert_eq!(
+        names(api.list(&ListParams::default()).await.expect("list")),
+        ["a"]
+    );
+
+    // PUT with a stale resourceVersion conflicts.
+    let mut stale = a.clone();
+    let mut fresh = api.get("a").await.expect("get");
+    fresh.data = Some([("k".to_string(), "v2".to_string())].into());
+    api.replace("a", &pp, &fresh).await.expect("replace");
+    stale.data = Some([("k".to_string(), "v3".to_string())].into());
+    let conflict = api.replace("a", &pp, &stale).await.expect_err("stale");
+    assert_eq!(api_code(conflict), (409, "Conflict".into()));
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_continue() {
+    let fake = FakeApi::new();
+    for i in 0..5 {
+        fake.insert(&cm(&format!("c{i}"), json!({})));
+    }
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let first = api
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().expect("continue token");
+    let rest = api
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .expect("page 2");
+    assert_eq!(
+        rest.items.iter().map(|c| c.name_any()).collect::<Vec<_>>(),
+        ["c2", "c3", "c4"]
+    );
+    // The paged watcher sees all five.
+    let seen: Vec<ConfigMap> = watcher(api, watcher::Config::default().page_size(2))
+        .take_while(|e| futures::future::ready(!matches!(e, Ok(watcher::Event::InitDone))))
+        .try_filter_map(|e| async move {
+            Ok(if let watcher::Event::InitApply(o) = e {
+                Some(o)
+            } else {
+                None
+            })
+        })
+        .try_collect()
+        .await
+        .expect("initial list");
+    assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_merges_and_records_the_manager() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let pp = PatchParams::apply("tester");
+    let first = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1"}})))
+        .await
+        .expect("apply creates");
+    assert_eq!(first.data.as_ref().expect("data")["a"], "1");
+    let merged = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s", "labels": {"l": "x"}}, "data": {"b": "2"}})))
+        .await
+        .expect("apply merges");
+    let data = merged.data.clone().expect("data");
+    assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
+    assert_eq!(merged.labels()["l"], "x");
+    let managers: Vec<String> = merged
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["tester"]);
+    // Re-applying the same thing is a no-op: no new resourceVersion.
+    let same = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s", "labels": {"l": "x"}}, "data": {"b": "2"}})))
+        .await
+        .expect("apply again");
+    assert_eq!(same.resource_version(), merged.resource_version());
+    // Apply without a field manager is refused like the real server does.
+    let no_manager = fake
+        .client()
+        .request::<ConfigMap>(
+            http::Request::patch("/api/v1/namespaces/ns1/configmaps/s")
+                .header("content-type", "application/apply-patch+yaml")
+                .body(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"}}"#.to_vec())
+                .expect("request"),
+        )
+        .await
+        .expect_err("no fieldManager");
+    match no_manager {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 400);
+            assert!(
+                s.message.contains("fieldManager is required"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn merge_patch_null_deletes_and_json_patch_test_guards() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(
+        &PostParams::default(),
+        &cm("m", json!({"a": "1", "b": "2"})),
+    )
+    .await
+    .expect("create");
+    let p = api
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": null, "c": "3"}}})),
+        )
+        .await
+        .expect("merge");
+    assert_eq!(p.labels().keys().cloned().collect::<Vec<_>>(), ["b", "c"]);
+    let jp: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/labels/b", "value": "nope"},
+        {"op": "remove", "path": "/metadata/labels/b"},
+    ]))
+    .expect("patch");
+    let failed = api
+        .patch("m", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .expect_err("test op fails");
+    assert_eq!(api_code(failed), (422, "Invalid".into()));
+    let missing = api
+        .patch(
+            "nope",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {}})),
+        )
+        .await
+        .expect_err("merge on missing");
+    assert_eq!(api_code(missing), (404, "NotFound".into()));
+}
+
+#[tokio::test]
+async fn status_subresource_is_isolated_and_generation_tracks_spec() {
+    let fake = FakeApi::new();
+    let api: Api<KataConfig> = Api::all(fake.client());
+    let created = api
+        .create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    assert_eq!(created.metadata.generation, Some(1));
+    // A status write changes only status and does not bump generation.
+    let st = api
+        .patch_status("k", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "X", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}, "spec": {"logLevel": "debug"}})))
+        .await
+        .expect("status patch");
+    assert_eq!(st.metadata.generation, Some(1));
+    assert!(st.status.is_some(), "status written");
+    assert_eq!(
+        st.spec.log_level, created.spec.log_level,
+        "spec ignored on /status"
+    );
+    // A spec write ignores status and bumps generation.
+    let sp = api
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logLevel": "debug"}, "status": null})),
+        )
+        .await
+        .expect("spec patch");
+    assert_eq!(sp.metadata.generation, Some(2));
+    assert!(sp.status.is_some(), "status kept on a spec write");
+    // A metadata-only write does not bump generation.
+    let md = api
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect("label patch");
+    assert_eq!(md.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn delete_with_finalizers_waits_for_them_and_owner_gc_cascades() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let kc: Api<KataConfig> = Api::all(client.clone());
+    let mut k = kata("k");
+    k.metadata.finalizers = Some(vec!["kataconfiguration.openshift.io/finalizer".into()]);
+    let k = kc.create(&PostParams::default(), &k).await.expect("create");
+    // A dependent owned by the KataConfig, and one owned by that dependent.
+    let owner = |o: &kube::core::ObjectMeta, kind: &str, api_version: &str| json!([{"apiVersion": api_version, "kind": kind, "name": o.name, "uid": o.uid, "controller": true}]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ns1");
+    let mut s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s1", "namespace": "ns1"}}))
+            .expect("secret");
+    s.metadata.owner_references = serde_json::from_value(owner(
+        &k.metadata,
+        "KataConfig",
+        "kataconfiguration.openshift.io/v1",
+    ))
+    .expect("refs");
+    let s = secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("secret");
+    let mut c = cm("c1", json!({}));
+    c.metadata.owner_references =
+        serde_json::from_value(owner(&s.metadata, "Secret", "v1")).expect("refs");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ns1");
+    cms.create(&PostParams::default(), &c).await.expect("cm");
+
+    let pending = kc
+        .delete("k", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pending = pending
+        .left()
+        .expect("object returned while finalizers remain");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        kc.get("k")
+            .await
+            .expect("still there")
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(
+        secrets.get_opt("s1").await.expect("get").is_some(),
+        "dependents stay while the owner exists"
+    );
+
+    kc.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop finalizer");
+    assert!(
+        kc.get_opt("k").await.expect("get").is_none(),
+        "gone once finalizers are empty"
+    );
+    assert!(
+        secrets.get_opt("s1").await.expect("get").is_none(),
+        "owned secret collected"
+    );
+    assert!(
+        cms.get_opt("c1").await.expect("get").is_none(),
+        "grandchild collected"
+    );
+
+    // Orphan propagation leaves dependents alone; a plain delete answers a Success Status.
+    let k2 = kc
+        .create(&PostParams::default(), &kata("k2"))
+        .await
+        .expect("create");
+    let mut s2: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s2", "namespace": "ns1"}}))
+            .expect("secret");
+    s2.metadata.owner_references = serde_json::from_value(owner(
+        &k2.metadata,
+        "KataConfig",
+        "kataconfiguration.openshift.io/v1",
+    ))
+    .expect("refs");
+    secrets
+        .create(&PostParams::default(), &s2)
+        .await
+        .expect("secret");
+    let gone = kc
+        .delete("k2", &DeleteParams::orphan())
+        .await
+        .expect("delete");
+    assert!(gone.is_right(), "immediate deletion answers a Status");
+    let orphan = secrets.get("s2").await.expect("orphaned dependent kept");
+    assert!(
+        orphan.owner_references().is_empty(),
+        "owner reference stripped"
+    );
+    // No new finalizer may be added to an object being deleted; releasing it runs a
+    // collection that still leaves the orphan alone.
+    let mut k3 = kata("k3");
+    k3.metadata.finalizers = Some(vec!["a/one".into()]);
+    kc.create(&PostParams::default(), &k3)
+        .await
+        .expect("create");
+    kc.delete("k3", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let refused = kc
+        .patch(
+            "k3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["a/one", "b/two"]}})),
+        )
+        .await
+        .expect_err("new finalizer while deleting");
+    match refused {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(
+                s.message.contains("no new finalizers can be added"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    kc.patch(
+        "k3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release k3");
+    assert!(kc.get_opt("k3").await.expect("get").is_none());
+    assert!(
+        secrets.get_opt("s2").await.expect("get").is_some(),
+        "orphan survives later GC"
+    );
+}
+
+async fn next_event(
+    s: &mut futures::stream::BoxStream<'static, Result<watcher::Event<ConfigMap>, watcher::Error>>,
+) -> watcher::Event<ConfigMap> {
+    s.try_next().await.expect("watch ok").expect("not ended")
+}
+
+#[tokio::test]
+async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    fake.insert(&cm("pre", json!({})));
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    // Initial list.
+    let mut init = Vec::new();
+    loop {
+        match stream.try_next().await.expect("watch").expect("event") {
+            watcher::Event::InitApply(o) => init.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, ["pre"]);
+    api.create(&PostParams::default(), &cm("w", json!({})))
+        .await
+        .expect("create");
+    assert!(
+        matches!(next_event(&mut stream).await, watcher::Event::Apply(o) if o.name_any() == "w")
+    );
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "changed"}})),
+    )
+    .await
+    .expect("patch");
+    match next_event(&mut stream).await {
+        watcher::Event::Apply(o) => assert_eq!(o.data.expect("data")["k"], "changed"),
+        other => panic!("expected modification, got {other:?}"),
+    }
+    api.delete("w", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(
+        matches!(next_event(&mut stream).await, watcher::Event::Delete(o) if o.name_any() == "w")
+    );
+
+    // Closing the watch makes the watcher re-watch; a change made after that still arrives.
+    let watches_before = fake.requests().iter().filter(|r| r.verb == "watch").count();
+    fake.inject(Fault::any(FaultKind::CloseWatches, 1));
+    let watch_count = || fake.requests().iter().filter(|r| r.verb == "watch").count();
+    let poll = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Ok(Some(e)) = stream.try_next().await {
+            let done = matches!(&e, watcher::Event::Apply(o) if o.name_any() == "after-close");
+            events.push(e);
+            if done {
+                break;
+            }
+        }
+        events
+    });
+    eventually("watcher re-watches after close", || {
+        watch_count() > watches_before
+    })
+    .await;
+    api.create(&PostParams::default(), &cm("after-close", json!({})))
+        .await
+        .expect("create");
+    let events = poll.await.expect("join");
+    assert!(
+        matches!(events.last(), Some(watcher::Event::Apply(o)) if o.name_any() == "after-close")
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_resource_version_and_expires_old_ones() {
+    use kube::api::{WatchEvent, WatchParams};
+    let fake = FakeApi::with_history(3);
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect("create");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .expect("create");
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Changes made after the list are replayed in order.
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Added(o) => assert_eq!(o.name_any(), "b"),
+        other => panic!("expected ADDED b, got {other:?}"),
+    }
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Deleted(o) => assert_eq!(o.name_any(), "a"),
+        other => panic!("expected DELETED a, got {other:?}"),
+    }
+    // Push the list's resourceVersion out of the 3-change history: 410 Gone.
+    for i in 0..4 {
+        api.create(&PostParams::default(), &cm(&format!("x{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            assert!(
+                e.message.contains("too old resource version"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(&PostParams::default(), &cm("f", json!({"pick": "yes"})))
+        .await
+        .expect("create");
+    let mut stream = watcher(api.clone(), watcher::Config::default().labels("pick=yes")).boxed();
+    loop {
+        if let watcher::Event::InitDone = stream.try_next().await.expect("ok").expect("event") {
+            break;
+        }
+    }
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"pick": "no"}}})),
+    )
+    .await
+    .expect("patch");
+    let ev = stream.try_next().await.expect("ok").expect("event");
+    assert!(matches!(ev, watcher::Event::Delete(o) if o.name_any() == "f"));
+}
+
+#[tokio::test]
+async fn injected_faults_fail_the_next_matching_requests_only() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    fake.insert(&cm("a", json!({})));
+    fake.inject(Fault::on("get", "configmaps", FaultKind::Status(500), 1));
+    assert_eq!(
+        api_code(api.get("a").await.expect_err("500")),
+        (500, "InternalError".into())
+    );
+    api.get("a").await.expect("second get succeeds");
+
+    fake.inject(Fault::on("patch", "configmaps", FaultKind::Status(429), 2));
+    // Other verbs are untouched.
+    api.get("a").await.expect("get unaffected");
+    for _ in 0..2 {
+        let e = api
+            .patch("a", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+            .expect_err("429");
+        assert_eq!(api_code(e), (429, "TooManyRequests".into()));
+    }
+    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({})))
+        .await
+        .expect("third patch ok");
+
+    // 429 carries Retry-After, as clients back off on it.
+    fake.inject(Fault::any(FaultKind::Status(429), 1));
+    let resp = tower::ServiceExt::oneshot(
+        RawSvc(fake.clone()),
+        http::Request::get("/api/v1/namespaces/ns1/configmaps/a")
+            .body(kube::client::Body::empty())
+            .expect("req"),
+    )
+    .await
+    .expect("infallible");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+
+    // "resource/sub" faults hit only the subresource.
+    let kc: Api<KataConfig> = Api::all(fake.client());
+    kc.create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    fake.inject(Fault::on(
+        "patch",
+        "kataconfigs/status",
+        FaultKind::Status(503),
+        1,
+    ));
+    kc.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await
+    .expect("main resource unaffected");
+    let e = kc
+        .patch_status(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {}})),
+        )
+        .await
+        .expect_err("503");
+    assert_eq!(api_code(e), (503, "ServiceUnavailable".into()));
+
+    fake.inject(Fault::any(FaultKind::Timeout(Duration::from_millis(5)), 1));
+    assert_eq!(
+        api_code(api.get("a").await.expect_err("timeout")),
+        (504, "Timeout".into())
+    );
+}
+
+/// Lets a test see raw responses (headers) through the fake's public client only.
+#[derive(Clone)]
+struct RawSvc(FakeApi);
+
+impl tower::Service<http::Request<kube::client::Body>> for RawSvc {
+    type Response = http::Response<support::fake_api::FakeBody>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let fake = self.0.clone();
+        Box::pin(async move { Ok(fake.serve(req, "raw").await) })
+    }
+}
+
+#[tokio::test]
+async fn request_log_records_verbs_resources_and_writes() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let kc: Api<KataConfig> = Api::all(client.clone());
+    kc.create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    kc.get("k").await.expect("get");
+    kc.list(&ListParams::default()).await.expect("list");
+    let status = json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "metadata": {"name": "k"}, "status": {}});
+    kc.patch_status(
+        "k",
+        &PatchParams::apply("me").force(),
+        &Patch::Apply(status),
+    )
+    .await
+    .expect("status");
+    kc.delete("k", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let log = fake.requests();
+    let verbs: Vec<&str> = log.iter().map(|r| r.verb.as_str()).collect();
+    assert_eq!(verbs, ["create", "get", "list", "patch", "delete"]);
+    assert!(
+        log.iter()
+            .all(|r| r.group == "kataconfiguration.openshift.io" && r.resource == "kataconfigs")
+    );
+    assert_eq!(log[3].subresource.as_deref(), Some("status"));
+    assert_eq!(log[3].patch_type.as_deref(), Some("apply"));
+    assert_eq!(log[3].field_manager.as_deref(), Some("me"));
+    assert_eq!(log[0].patch_type, None);
+    assert_eq!(log[1].name.as_deref(), Some("k"));
+    assert_eq!(fake.write_count(), 3);
+    assert_eq!(fake.write_count_by("operator"), 3);
+    assert_eq!(fake.write_count_by("mco-sim"), 0);
+    fake.clear_requests();
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn typed_and_json_test_hooks_see_the_same_store() {
+    let fake = FakeApi::new();
+    fake.insert(&kata("k"));
+    fake.insert_json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}}}));
+    assert!(fake.get::<KataConfig>("k").is_some());
+    assert_eq!(fake.get::<Node>("n1").expect("node").labels()["a"], "b");
+    assert!(fake.get_json("v1", "nodes", None, "n1").is_some());
+    fake.insert(&cm("c", json!({})));
+    assert!(fake.get_ns::<ConfigMap>("ns1", "c").is_some());
+    assert_eq!(fake.list_json("v1", "configmaps", Some("ns1")).len(), 1);
+    assert_eq!(fake.list::<Node>().len(), 1);
+    // Metadata-only reads (PartialObjectMetadata) deserialize from the full objects.
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    assert_eq!(
+        cms.get_metadata("c")
+            .await
+            .expect("metadata")
+            .metadata
+            .name
+            .as_deref(),
+        Some("c")
+    );
+    assert_eq!(
+        cms.list_metadata(&ListParams::default())
+            .await
+            .expect("metadata list")
+            .items
+            .len(),
+        1
+    );
+    assert!(fake.delete("v1", "nodes", None, "n1"));
+    assert!(!fake.delete("v1", "nodes", None, "n1"));
+    let nodes: Api<Node> = Api::all(fake.client());
+    assert!(nodes.get_opt("n1").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn token_and_access_reviews_answer_from_the_callbacks() {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let fake = FakeApi::new();
+    fake.set_token_reviewer(|t| {
+        (t == "good").then(|| support::ReviewUser {
+            username: "prom".into(),
+            uid: "1".into(),
+            groups: vec!["g".into()],
+        })
+    });
+    fake.set_access_reviewer(|r| {
+        r.user == "prom" && r.verb == "get" && r.path.as_deref() == Some("/metrics")
+    });
+    let tr: Api<TokenReview> = Api::all(fake.client());
+    let review = |token: &str| -> TokenReview {
+        serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {"token": token}})).expect("tr")
+    };
+    let ok = tr
+        .create(&PostParams::default(), &review("good"))
+        .await
+        .expect("review");
+    let st = ok.status.expect("status");
+    assert_eq!(st.authenticated, Some(true));
+    assert_eq!(st.user.and_then(|u| u.username).as_deref(), Some("prom"));
+    let bad = tr
+        .create(&PostParams::default(), &review("bad"))
+        .await
+        .expect("review");
+    assert_eq!(bad.status.expect("status").authenticated, Some(false));
+
+    let sar: Api<SubjectAccessReview> = Api::all(fake.client());
+    let ask = |path: &str| -> SubjectAccessReview {
+        serde_json::from_value(json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {"user": "prom", "nonResourceAttributes": {"path": path, "verb": "get"}}})).expect("sar")
+    };
+    assert!(
+        sar.create(&PostParams::default(), &ask("/metrics"))
+            .await
+            .expect("sar")
+            .status
+            .expect("status")
+            .allowed
+    );
+    assert!(
+        !sar.create(&PostParams::default(), &ask("/other"))
+            .await
+            .expect("sar")
+            .status
+            .expect("status")
+            .allowed
+    );
+    let e = tr.get("x").await.expect_err("create-only");
+    assert_eq!(api_code(e), (405, "MethodNotAllowed".into()));
+}
+
+#[tokio::test]
+async fn unknown_resources_are_not_found_and_crds_register_new_ones() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let widgets = kube::core::ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &widgets);
+    let e = api.list(&ListParams::default()).await.expect_err("unknown");
+    assert_eq!(api_code(e).0, 404);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Cluster", "names": {"plural": "widgets", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]},
+    }))
+    .expect("crd");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("crd");
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .expect("served now")
+            .items
+            .is_empty()
+    );
+}
+
+// ---------- MCO simulator ----------
+
+fn node(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+}
+
+fn mc(name: &str, role: &str) -> Value {
+    json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+           "metadata": {"name": name, "labels": {"machineconfiguration.openshift.io/role": role}},
+           "spec": {"extensions": [name]}})
+}
+
+fn kata_pool() -> Value {
+    json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+    "metadata": {"name": "kata-oc", "labels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
+    "spec": {
+        "machineConfigSelector": {"matchExpressions": [{"key": "machineconfiguration.openshift.io/role", "operator": "In", "values": ["kata-oc", "worker"]}]},
+        "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/kata-oc": ""}},
+    }})
+}
+
+fn ann(fake: &FakeApi, node: &str, key: &str) -> Option<String> {
+    fake.get::<Node>(node)?.annotations().get(key).cloned()
+}
+
+fn pool(fake: &FakeApi, name: &str) -> MachineConfigPool {
+    fake.get::<MachineConfigPool>(name).expect("pool exists")
+}
+
+fn rendered(fake: &FakeApi, name: &str) -> Option<String> {
+    pool(fake, name).spec.configuration.and_then(|c| c.name)
+}
+
+fn pool_settled(fake: &FakeApi, name: &str, machines: i32) -> bool {
+    let p = pool(fake, name);
+    let Some(st) = p.status else { return false };
+    st.machine_count == machines
+        && st.updated_machine_count == machines
+        && st.ready_machine_count == machines
+        && st.condition_true("Updated")
+        && !st.condition_true("Updating")
+        && st.configuration.and_then(|c| c.name) == p.spec.configuration.and_then(|c| c.name)
+}
+
+async fn cluster(workers: usize) -> (FakeApi, support::SimHandle) {
+    let fake = FakeApi::new();
+    fake.insert_json(node(
+        "master-0",
+        json!({"node-role.kubernetes.io/master": ""}),
+    ));
+    for i in 0..workers {
+        fake.insert_json(node(
+            &format!("worker-{i}"),
+            json!({"node-role.kubernetes.io/worker": ""}),
+        ));
+    }
+    fake.insert_json(mc("00-worker", "worker"));
+    fake.insert_json(mc("00-master", "master"));
+    let sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim starts");
+    (fake, sim)
+}
+
+#[tokio::test]
+async fn sim_seeds_a_settled_cluster_and_then_writes_nothing() {
+    let (fake, sim) = cluster(2).await;
+    eventually("worker pool settled", || {
+        pool_settled(&fake, "worker", 2) && pool_settled(&fake, "master", 1)
+    })
+    .await;
+    let worker_target = rendered(&fake, "worker").expect("rendered");
+    assert!(worker_target.starts_with("rendered-worker-"));
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(
+            ann(&fake, n, MCO_CURRENT_CONFIG).as_deref(),
+            Some(worker_target.as_str())
+        );
+        assert_eq!(ann(&fake, n, MCO_STATE).as_deref(), Some("Done"));
+    }
+    let master = pool(&fake, "master").spec.configuration.expect("config");
+    assert_eq!(
+        master
+            .source
+            .iter()
+            .filter_map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+        ["00-master"]
+    );
+    // Settled: a no-op event (an unrelated object) causes no simulator writes.
+    fake.clear_requests();
+    fake.insert(&cm("noise", json!({})));
+    let nodes: Api<Node> = Api::all(fake.client());
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .expect("label");
+    let rv = fake.resource_version();
+    eventually("sim acted on the label change", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
+    assert_eq!(
+        fake.write_count_by("mco-sim"),
+        0,
+        "{:?}",
+        fake.requests_by("mco-sim")
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
+    let (fake, sim) = cluster(3).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 3)).await;
+    let old = rendered(&fake, "worker").expect("worker rendered");
+    // Track every annotation state the nodes pass through.
+    let nodes: Api<Node> = Api::all(fake.client());
+    let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    // The watcher is lazy: have it listed and watching before anything moves.
+    while !matches!(
+        stream.try_next().await.expect("ok").expect("event"),
+        watcher::Event::InitDone
+    ) {}
+
+    fake.insert_json(kata_pool());
+    fake.insert_json(mc("50-kata", "kata-oc"));
+    for n in ["worker-0", "worker-1"] {
+        nodes
+            .patch(
+                n,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"node-role.kubernetes.io/kata-oc": ""}}}),
+                ),
+            )
+            .await
+            .expect("label");
+    }
+    let mut working_at_once = 0usize;
+    let mut seen_working = std::collections::BTreeSet::new();
+    // Node -> (state, currentConfig) as the watch delivered them.
+    let mut seen: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    let done_on_kata = |seen: &std::collections::BTreeMap<String, (String, String)>, n: &str| {
+        seen.get(n).is_some_and(|(s, c)| {
+            s == "Done"
+                && c.starts_with("rendered-kata-oc-")
+                && rendered(&fake, "kata-oc").as_ref() == Some(c)
+        })
+    };
+    while !(done_on_kata(&seen, "worker-0")
+        && done_on_kata(&seen, "worker-1")
+        && pool_settled(&fake, "kata-oc", 2)
+        && pool_settled(&fake, "worker", 1))
+    {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+            .await
+            .expect("progress")
+            .expect("ok")
+            .expect("event");
+        if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = ev {
+            let get = |k: &str| n.annotations().get(k).cloned().unwrap_or_default();
+            let s = get(MCO_STATE);
+            if s == "Working" {
+                seen_working.insert(n.name_any());
+            }
+            seen.insert(n.name_any(), (s, get(MCO_CURRENT_CONFIG)));
+            working_at_once =
+                working_at_once.max(seen.values().filter(|(s, _)| s == "Working").count());
+        }
+    }
+    assert_eq!(working_at_once, 1, "maxUnavailable 1 per pool");
+    assert_eq!(
+        seen_working.iter().cloned().collect::<Vec<_>>(),
+        ["worker-0", "worker-1"]
+    );
+    let target = rendered(&fake, "kata-oc").expect("kata rendered");
+    assert!(target.starts_with("rendered-kata-oc-"));
+    let sources: Vec<String> = pool(&fake, "kata-oc")
+        .spec
+        .configuration
+        .expect("conf")
+        .source
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    assert_eq!(sources, ["00-worker", "50-kata"]);
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(ann(&fake, n, MCO_CURRENT_CONFIG), Some(target.clone()));
+        assert_eq!(ann(&fake, n, MCO_DESIRED_CONFIG), Some(target.clone()));
+        assert_eq!(ann(&fake, n, MCO_STATE).as_deref(), Some("Done"));
+    }
+    assert_eq!(ann(&fake, "worker-2", MCO_CURRENT_CONFIG), Some(old));
+    let st = pool(&fake, "kata-oc").status.expect("status");
+    assert_eq!(
+        (
+            st.machine_count,
+            st.updated_machine_count,
+            st.degraded_machine_count,
+            st.unavailable_machine_count
+        ),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(
+        st.observed_generation,
+        pool(&fake, "kata-oc").metadata.generation
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_degrade_stops_the_pool_and_recover_resumes() {
+    let (fake, sim) = cluster(2).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 2)).await;
+    let before = rendered(&fake, "worker").expect("rendered");
+    sim.degrade_node("worker-0", "disk on fire")
+        .await
+        .expect("degrade");
+    eventually("pool degraded", || {
+        pool(&fake, "worker").status.is_some_and(|s| {
+            s.degraded_machine_count == 1
+                && s.unavailable_machine_count == 1
+                && s.condition_true("Degraded")
+                && !s.condition_true("Updated")
+        })
+    })
+    .await;
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_REASON).as_deref(),
+        Some("disk on fire")
+    );
+    let st = pool(&fake, "worker").status.expect("status");
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded condition");
+    let message = degraded.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("worker-0") && message.contains("disk on fire"),
+        "{degraded:?}"
+    );
+
+    // A new rendering does not roll while a node is degraded (it uses up maxUnavailable).
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
+    let rv = fake.resource_version();
+    eventually("sim acted on the new rendering", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(
+            ann(&fake, n, MCO_CURRENT_CONFIG),
+            Some(before.clone()),
+            "{n} did not move"
+        );
+        assert_eq!(
+            ann(&fake, n, MCO_DESIRED_CONFIG),
+            Some(before.clone()),
+            "{n} did not start"
+        );
+    }
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
+
+    sim.recover_node("worker-0").await.expect("recover");
+    eventually("pool settled on the new rendering after recovery", || {
+        pool_settled(&fake, "worker", 2) && rendered(&fake, "worker") != Some(before.clone())
+    })
+    .await;
+    let target = rendered(&fake, "worker");
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(ann(&fake, n, MCO_CURRENT_CONFIG), target, "{n}");
+        assert_eq!(ann(&fake, n, MCO_REASON).as_deref(), Some(""), "{n}");
+    }
+    let st = pool(&fake, "worker").status.expect("status");
+    assert_eq!(st.degraded_machine_count, 0);
+    assert!(!st.condition_true("Degraded"));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_survives_api_faults_by_retrying() {
+    let (fake, sim) = cluster(1).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 1)).await;
+    let before = rendered(&fake, "worker").expect("rendered");
+    fake.clear_requests();
+    fake.inject(Fault::on("patch", "nodes", FaultKind::Status(500), 2));
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
+    let target = rendered(&fake, "worker");
+    eventually("node reaches the new rendering despite 500s", || {
+        ann(&fake, "worker-0", MCO_CURRENT_CONFIG) == target && pool_settled(&fake, "worker", 1)
+    })
+    .await;
+    let failed_patches = fake
+        .requests_by("mco-sim")
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "nodes")
+        .count();
+    assert!(
+        failed_patches >= 4,
+        "2 failed + 2 successful node patches, got {failed_patches}"
+    );
+    sim.stop().await;
+}
+
+// ---------- envtest tier ----------
+
+use support::envtest;
+
+#[test]
+fn envtest_skips_with_one_clear_line_without_assets() {
+    assert_eq!(
+        envtest::locate_assets(None),
+        Err(envtest::SKIP_MESSAGE.to_string())
+    );
+    assert_eq!(
+        envtest::locate_assets(Some("".as_ref())),
+        Err(envtest::SKIP_MESSAGE.to_string())
+    );
+    let empty = tempfile::tempdir().expect("tempdir");
+    let why = envtest::locate_assets(Some(empty.path().as_os_str())).expect_err("no binaries");
+    assert!(why.starts_with(envtest::SKIP_MESSAGE), "{why}");
+    assert!(why.contains("has no kube-apiserver and no etcd"), "{why}");
+    assert!(!why.contains('\n'), "one line");
+}
+
+#[test]
+fn envtest_crds_are_the_shared_platform_ones_plus_kataconfig() {
+    let crds = envtest::EnvTest::crds().expect("CRDs load");
+    let names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "machineconfigs.machineconfiguration.openshift.io",
+            "machineconfigpools.machineconfiguration.openshift.io",
+            "containerruntimeconfigs.machineconfiguration.openshift.io",
+            "kataconfigs.kataconfiguration.openshift.io",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn envtest_reports_a_server_that_dies_and_leaves_no_process_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    let assets = tempfile::tempdir().expect("tempdir");
+    let script = |name: &str, body: &str| {
+        let path = assets.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write stub");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    // etcd stays up (and says where it is); kube-apiserver rejects its flags.
+    script(
+        "etcd",
+        "echo $$ > \"$(dirname \"$0\")/etcd.pid\"; exec sleep 60",
+    );
+    // It fails only once etcd is up, so the test also proves etcd gets stopped.
+    script(
+        "kube-apiserver",
+        "for i in $(seq 1 400); do [ -f \"$(dirname \"$0\")/etcd.pid\" ] && break; sleep 0.05; done\necho 'stub apiserver: unknown flag' >&2; exit 3",
+    );
+    assert!(envtest::locate_assets(Some(assets.path().as_os_str())).is_ok());
+    let err = match envtest::start_with_assets(assets.path()).await {
+        Ok(_) => panic!("a stub cannot serve"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("kube-apiserver exited before the API server was ready"),
+        "{err}"
+    );
+    assert!(err.contains("stub apiserver: unknown flag"), "{err}");
+    let pid = std::fs::read_to_string(assets.path().join("etcd.pid")).expect("etcd stub ran");
+    let proc_dir = format!("/proc/{}", pid.trim());
+    assert!(
+        !std::path::Path::new(&proc_dir).exists(),
+        "etcd ({proc_dir}) was killed and reaped"
+    );
+}
+
+/// The real tier: runs only when KUBEBUILDER_ASSETS provides kube-apiserver and etcd.
+#[tokio::test]
+async fn envtest_real_server_runs_the_mco_simulator() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    let client = env.client.clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mcs: Api<sandboxed_containers_operator::api::MachineConfig> = Api::all(client.clone());
+    for n in ["worker-0", "worker-1"] {
+        let node: Node =
+            serde_json::from_value(node(n, json!({"node-role.kubernetes.io/worker": ""})))
+                .expect("node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+    let worker_mc = serde_json::from_value(mc("00-worker", "worker")).expect("mc");
+    mcs.create(&PostParams::default(), &worker_mc)
+        .await
+        .expect("create mc");
+    let sim = McoSimulator::spawn(
+        client.clone(),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let pools: Api<MachineConfigPool> = Api::all(client.clone());
+    let mut settled = false;
+    for _ in 0..600 {
+        let p = pools.get("worker").await.expect("pool");
+        if p.status.as_ref().is_some_and(|s| {
+            s.machine_count == 2 && s.updated_machine_count == 2 && s.condition_true("Updated")
+        }) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "worker pool settles on a real API server");
+    let kc: Api<KataConfig> = Api::all(client);
+    kc.create(&PostParams::default(), &kata("example"))
+        .await
+        .expect("KataConfig CRD served");
+    sim.stop().await;
+}
+
+/// kube's own Controller and finalizer helper (JSON patch with a `test` op) run against the fake.
+#[tokio::test]
+async fn kube_controller_with_finalizer_helper_runs_against_the_fake() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    use std::sync::Arc;
+    let fake = FakeApi::new();
+    let api: Api<KataConfig> = Api::all(fake.client());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let reconcile = |obj: Arc<KataConfig>, api: Arc<Api<KataConfig>>| async move {
+        finalizer(&api, "kataconfiguration.openshift.io/finalizer", obj, |ev| async {
+            match ev {
+                Finalizer::Apply(o) => {
+                    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                    api.patch_status(&o.name_any(), &PatchParams::default(), &Patch::Merge(status)).await?;
+                    Ok(Action::await_change())
+                }
+                Finalizer::Cleanup(_) => Ok::<_, kube::Error>(Action::await_change()),
+            }
+        })
+        .await
+    };
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .graceful_shutdown_on(cancel.clone().cancelled_owned())
+        .run(
+            reconcile,
+            |_, _, _| Action::requeue(Duration::from_millis(50)),
+            Arc::new(api.clone()),
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    api.create(&PostParams::default(), &kata("example"))
+        .await
+        .expect("create");
+    eventually("finalizer added and status written", || {
+        fake.get::<KataConfig>("example")
+            .is_some_and(|k| k.finalizers().len() == 1 && k.status.is_some())
+    })
+    .await;
+    api.delete("example", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("finalizer removed, object gone", || {
+        fake.get::<KataConfig>("example").is_none()
+    })
+    .await;
+    cancel.cancel();
+    task.await.expect("controller ends");
+}
+
+async fn raw(
+    fake: &FakeApi,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+        .expect("request");
+    let resp = fake.serve(req, "raw").await;
+    let code = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_requests_get_real_status_bodies_naming_the_problem() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("a", json!({})));
+    let cms = "/api/v1/namespaces/ns1/configmaps";
+    let json_ct = "application/json";
+    let merge = "application/merge-patch+json";
+    let cases: Vec<(&str, String, &str, &str, u16, &str, &str)> = vec![
+        (
+            "GET",
+            "/apis/example.com/v1/widgets".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "could not find the requested resource",
+        ),
+        (
+            "GET",
+            "/api/v1/configmaps/a".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps is namespaced",
+        ),
+        (
+            "PUT",
+            cms.into(),
+            json_ct,
+            "{}",
+            405,
+            "MethodNotAllowed",
+            "PUT is not supported",
+        ),
+        (
+            "GET",
+            format!("{cms}?labelSelector=app%20in%20x"),
+            json_ct,
+            "",
+            400,
+            "BadRequest",
+            "needs parentheses",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            "[1,2",
+            400,
+            "BadRequest",
+            "not valid JSON or YAML",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{}}"#,
+            422,
+            "Invalid",
+            "name or generateName is required",
+        ),
+        (
+            "POST",
+            "/api/v1/configmaps".into(),
+            json_ct,
+            r#"{"metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+            "POST to /namespaces/<ns>/configmaps",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{"name":"a"}}"#,
+            409,
+            "AlreadyExists",
+            "\"a\" already exists",
+        ),
+        (
+            "PUT",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"metadata":{"name":"b"}}"#,
+            400,
+            "BadRequest",
+            "does not match the name on the URL",
+        ),
+        (
+            "PUT",
+            format!("{cms}/zz"),
+            json_ct,
+            r#"{"metadata":{"name":"zz"}}"#,
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a/scale"),
+            merge,
+            "{}",
+            404,
+            "NotFound",
+            "no subresource scale",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "text/plain",
+            "{}",
+            415,
+            "UnsupportedMediaType",
+            "unknown format: text/plain",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "application/json-patch+json",
+            "{}",
+            400,
+            "BadRequest",
+            "invalid JSON patch",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            merge,
+            r#"{"metadata":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "the object has been modified",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"preconditions":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "Precondition failed: ResourceVersion",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/zz"),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            "/apis/kataconfiguration.openshift.io/v1/kataconfigs/k/status".into(),
+            "application/apply-patch+yaml",
+            r#"{"status":{}}"#,
+            404,
+            "NotFound",
+            "kataconfigs.kataconfiguration.openshift.io \"k\" not found",
+        ),
+    ];
+    for (method, uri, ct, body, code, reason, message) in cases {
+        let (got, status) = raw(&fake, method, &uri, ct, body).await;
+        assert_eq!(got, code, "{method} {uri}: {status}");
+        assert_eq!(status["kind"], "Status", "{method} {uri}");
+        assert_eq!(status["code"], code, "{method} {uri}");
+        assert_eq!(status["reason"], reason, "{method} {uri}: {status}");
+        let text = status["message"].as_str().unwrap_or("");
+        assert!(
+            text.contains(message),
+            "{method} {uri}: {text:?} should mention {message:?}"
+        );
+    }
+    // What does work on the same paths.
+    let (code, made) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"generateName":"gen-"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        made["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("gen-") && n.len() > 4)
+    );
+    let (code, version) = raw(&fake, "GET", "/version", json_ct, "").await;
+    assert_eq!((code, version["major"].as_str()), (200, Some("1")));
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"name":"dry"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        &format!("{cms}?dryRun=All"),
+        json_ct,
+        r#"{"metadata":{"name":"dry2"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        fake.get_ns::<ConfigMap>("ns1", "dry2").is_none(),
+        "dry run stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_and_strategic_merge_work() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("one", json!({})));
+    fake.insert(&cm("two", json!({})));
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut init = Vec::new();
+    loop {
+        match stream.try_next().await.expect("ok").expect("event") {
+            watcher::Event::InitApply(o) => init.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, ["one", "two"]);
+    let initial_watch = fake.requests().into_iter().find(|r| r.verb == "watch");
+    assert!(
+        initial_watch.is_some(),
+        "streaming lists start with a watch, not a list"
+    );
+    api.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"data": {"s": "1"}})),
+    )
+    .await
+    .expect("strategic merge");
+    match stream.try_next().await.expect("ok").expect("event") {
+        watcher::Event::Apply(o) => assert_eq!(o.data.expect("data")["s"], "1"),
+        other => panic!("expected the patched object, got {other:?}"),
+    }
+    let log = fake.requests();
+    assert_eq!(
+        log.last().and_then(|r| r.patch_type.clone()).as_deref(),
+        Some("strategic")
+    );
+}
+
+#[tokio::test]
+async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() {
+    let (fake, sim) = cluster(1).await;
+    fake.insert_json(kata_pool());
+    fake.insert_json(mc("50-kata", "kata-oc"));
+    let nodes: Api<Node> = Api::all(fake.client());
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"node-role.kubernetes.io/kata-oc": ""}}})),
+        )
+        .await
+        .expect("label");
+    eventually("kata pool settled", || pool_settled(&fake, "kata-oc", 1)).await;
+    let before = rendered(&fake, "kata-oc").expect("rendered");
+    fake.insert_json(json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "ContainerRuntimeConfig",
+        "metadata": {"name": "kata-crio-config"},
+        "spec": {
+            "machineConfigPoolSelector": {"matchLabels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
+            "containerRuntimeConfig": {"logLevel": "debug"},
+        },
+    }));
+    let generated = "99-kata-oc-generated-containerruntime";
+    eventually("generated MC rendered into the pool and rolled out", || {
+        rendered(&fake, "kata-oc").is_some_and(|r| r != before) && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
+    let mc = fake
+        .get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+        .expect("generated MC");
+    assert_eq!(
+        mc.labels()["machineconfiguration.openshift.io/role"],
+        "kata-oc"
+    );
+    let source = serde_json::to_string(&mc.spec.config).expect("json");
+    assert!(
+        source.contains("logLevel") && source.contains("debug"),
+        "{source}"
+    );
+    let sources: Vec<String> = pool(&fake, "kata-oc")
+        .spec
+        .configuration
+        .expect("conf")
+        .source
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    assert!(sources.contains(&generated.to_string()), "{sources:?}");
+    assert!(
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(
+            "99-worker-generated-containerruntime"
+        )
+        .is_none(),
+        "worker pool not selected"
+    );
+    // Removing the CRC removes its MachineConfig and the pool goes back to the old rendering.
+    assert!(fake.delete(
+        "machineconfiguration.openshift.io/v1",
+        "containerruntimeconfigs",
+        None,
+        "kata-crio-config"
+    ));
+    eventually("generated MC gone and pool re-rendered", || {
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+            .is_none()
+            && rendered(&fake, "kata-oc") == Some(before.clone())
+            && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
+    let fake = FakeApi::new();
+    support::seed_cluster(&fake, 3, 0, true);
+    let sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim");
+    eventually("master pool settled with all three nodes", || {
+        pool_settled(&fake, "master", 3)
+    })
+    .await;
+    eventually("worker pool settled empty", || {
+        pool_settled(&fake, "worker", 0)
+    })
+    .await;
+    let worker = pool(&fake, "worker").status.expect("worker status");
+    assert_eq!(
+        worker.machine_count, 0,
+        "master wins over worker for converged nodes"
+    );
+    assert!(
+        ann(&fake, "master-0", MCO_CURRENT_CONFIG)
+            .is_some_and(|c| c.starts_with("rendered-master-"))
+    );
+    sim.stop().await;
+}
