@@ -16,6 +16,7 @@ pub mod health;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod reconciler;
 pub mod render;
 pub mod selector;
 pub mod server;

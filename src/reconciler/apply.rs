@@ -1,0 +1,280 @@
+//! The thin write layer: server-side apply with the one field manager, deletes, node label
+//! patches and the finalizer. Plus the pure "does this object need an apply" check that keeps a
+//! settled cluster free of writes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::api::{
+    ContainerRuntimeConfig, KataConfig, KataConfigStatus, MachineConfig, MachineConfigPool,
+};
+use crate::names::{FIELD_MANAGER, FINALIZER, KATA_ROLE_LABEL};
+
+use super::decide::{Action, Desired, Kind};
+use super::error::Error;
+
+/// True when `observed` is missing or differs from `desired` in any field `desired` sets.
+/// Fields set by others (status, MCO-written `spec.configuration`, extra labels) are ignored,
+/// so an object we applied before compares equal and is not written again.
+pub fn needs_apply<T: Serialize>(desired: &T, observed: Option<&T>) -> bool {
+    let Some(observed) = observed else {
+        return true;
+    };
+    match (
+        serde_json::to_value(desired),
+        serde_json::to_value(observed),
+    ) {
+        (Ok(mut d), Ok(o)) => {
+            if let Some(map) = d.as_object_mut() {
+                map.remove("status");
+            }
+            !contains(&o, &d)
+        }
+        // Cannot compare: apply, the server decides.
+        _ => true,
+    }
+}
+
+/// `have` contains `want`: every key of `want` present with a contained value; lists element-wise
+/// with the same length; scalars equal.
+fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
+        }
+        (h, w) => h == w,
+    }
+}
+
+/// Executes actions against the API server, each bounded by `timeout`.
+pub struct Writer {
+    pub client: Client,
+    pub timeout: Duration,
+}
+
+impl Writer {
+    async fn call<T>(
+        &self,
+        action: impl FnOnce() -> String,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::kube(action(), e)),
+            Err(_) => Err(Error::Timeout {
+                action: action(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn ssa<K>(&self, obj: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let name = obj.name_any();
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        self.call(
+            || format!("applying {} {name}", K::kind(&())),
+            api.patch(&name, &pp, &Patch::Apply(obj)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete<K>(&self, name: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        match self
+            .call(
+                || format!("deleting {} {name}", K::kind(&())),
+                api.delete(name, &DeleteParams::background()),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone: exactly what we wanted (a crash may have interrupted us after it).
+            Err(Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets or removes the kata node-role label with a merge patch, which works whoever set it.
+    async fn label(&self, node: &str, add: bool) -> Result<(), Error> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let value = if add { json!("") } else { Value::Null };
+        let patch = json!({ "metadata": { "labels": { KATA_ROLE_LABEL: value } } });
+        let res = self
+            .call(
+                || {
+                    format!(
+                        "{} label {KATA_ROLE_LABEL} on node {node}",
+                        if add { "setting" } else { "removing" }
+                    )
+                },
+                api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await;
+        match res {
+            // A node that left the cluster needs no label change.
+            Err(Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Adds or removes our finalizer. The merge patch carries the resourceVersion we decided on,
+    /// so a concurrent change of the list is a conflict (retried) instead of a lost update.
+    async fn finalizer(&self, kc: &KataConfig, add: bool) -> Result<(), Error> {
+        let api: Api<KataConfig> = Api::all(self.client.clone());
+        let mut list: Vec<String> = kc
+            .finalizers()
+            .iter()
+            .filter(|f| f.as_str() != FINALIZER)
+            .cloned()
+            .collect();
+        if add {
+            list.push(FINALIZER.to_string());
+        }
+        let patch = json!({ "metadata": {
+            "finalizers": list,
+            "resourceVersion": kc.resource_version(),
+        }});
+        let name = kc.name_any();
+        let res = self
+            .call(
+                || {
+                    format!(
+                        "{} finalizer {FINALIZER} on KataConfig {name}",
+                        if add { "adding" } else { "removing" }
+                    )
+                },
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await;
+        match res {
+            Err(Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 && !add => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    pub async fn execute(&self, kc: &KataConfig, action: &Action) -> Result<(), Error> {
+        match action {
+            Action::AddFinalizer => self.finalizer(kc, true).await,
+            Action::RemoveFinalizer => self.finalizer(kc, false).await,
+            Action::Apply(d) => match d.as_ref() {
+                Desired::Pool(p) => self.ssa(p).await,
+                Desired::MachineConfig(m) => self.ssa(m).await,
+                Desired::ContainerRuntimeConfig(c) => self.ssa(c).await,
+                Desired::RuntimeClass(r) => self.ssa(r).await,
+            },
+            Action::Delete { kind, name } => match kind {
+                Kind::Pool => self.delete::<MachineConfigPool>(name).await,
+                Kind::MachineConfig => self.delete::<MachineConfig>(name).await,
+                Kind::ContainerRuntimeConfig => self.delete::<ContainerRuntimeConfig>(name).await,
+                Kind::RuntimeClass => self.delete::<RuntimeClass>(name).await,
+            },
+            Action::LabelNode(n) => self.label(n, true).await,
+            Action::UnlabelNode(n) => self.label(n, false).await,
+        }
+    }
+
+    /// Applies the whole status through the status subresource (we own every status field).
+    pub async fn status(&self, kc: &KataConfig, status: &KataConfigStatus) -> Result<(), Error> {
+        let api: Api<KataConfig> = Api::all(self.client.clone());
+        let name = kc.name_any();
+        let body = json!({
+            "apiVersion": KataConfig::api_version(&()),
+            "kind": KataConfig::kind(&()),
+            "metadata": { "name": name },
+            "status": status,
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let res = self
+            .call(
+                || format!("updating status of KataConfig {name}"),
+                api.patch_status(&name, &pp, &Patch::Apply(&body)),
+            )
+            .await;
+        match res {
+            // Deleted meanwhile: there is no status left to report on.
+            Err(Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::objects;
+
+    #[test]
+    fn missing_object_needs_apply() {
+        assert!(needs_apply(&objects::kata_pool(), None));
+    }
+
+    #[test]
+    fn fields_written_by_others_do_not_trigger_an_apply() {
+        let desired = objects::kata_pool();
+        let mut observed = desired.clone();
+        observed.metadata.resource_version = Some("42".into());
+        observed
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("added-by-admin".into(), "x".into());
+        observed.spec.configuration = Some(crate::api::mco::PoolConfiguration {
+            name: Some("rendered-kata-oc-1".into()),
+            source: vec![],
+        });
+        observed.status = Some(Default::default());
+        assert!(!needs_apply(&desired, Some(&observed)));
+    }
+
+    #[test]
+    fn an_edited_owned_field_needs_apply() {
+        let desired = objects::extension_machine_config("kata-oc", "example");
+        let mut observed = desired.clone();
+        observed.spec.extensions = vec!["kata-containers".into(), "usbguard".into()];
+        assert!(needs_apply(&desired, Some(&observed)));
+        let mut observed = desired.clone();
+        observed
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(crate::names::MC_ROLE_LABEL.into(), "worker".into());
+        assert!(needs_apply(&desired, Some(&observed)));
+    }
+}
