@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod crdgen;
 pub mod health;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod plan;

@@ -56,6 +56,16 @@ fn contains(have: &Value, want: &Value) -> bool {
     }
 }
 
+const NODE_LISTS: [&str; 7] = [
+    "installed",
+    "installing",
+    "waitingToInstall",
+    "failedToInstall",
+    "uninstalling",
+    "waitingToUninstall",
+    "failedToUninstall",
+];
+
 /// Executes actions against the API server, each bounded by `timeout`.
 pub struct Writer {
     pub client: Client,
@@ -211,11 +221,25 @@ impl Writer {
     pub async fn status(&self, kc: &KataConfig, status: &KataConfigStatus) -> Result<(), Error> {
         let api: Api<KataConfig> = Api::all(self.client.clone());
         let name = kc.name_any();
+        let mut status_json = serde_json::to_value(status).map_err(|source| Error::Serialize {
+            what: format!("status of KataConfig {name}"),
+            source,
+        })?;
+        // Every node list is written, empty ones as `[]`, so a list that empties is cleared
+        // even by servers that merge applied objects instead of tracking field ownership.
+        if let Some(nodes) = status_json
+            .get_mut("kataNodes")
+            .and_then(Value::as_object_mut)
+        {
+            for key in NODE_LISTS {
+                nodes.entry(key).or_insert_with(|| json!([]));
+            }
+        }
         let body = json!({
             "apiVersion": KataConfig::api_version(&()),
             "kind": KataConfig::kind(&()),
             "metadata": { "name": name },
-            "status": status,
+            "status": status_json,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let res = self
