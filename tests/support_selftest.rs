@@ -1,0 +1,1014 @@
+//! Self-tests of tests/support: the fake API server and the MCO simulator, driven through kube's
+//! own client so they prove what the operator will see.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use sandboxed_containers_operator::api::{KataConfig, MachineConfigPool};
+use sandboxed_containers_operator::names::{
+    MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
+};
+use serde_json::{Value, json};
+use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions};
+
+fn cm(name: &str, labels: Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "ns1", "labels": labels},
+        "data": {"k": "v"},
+    }))
+    .expect("valid ConfigMap")
+}
+
+fn kata(name: &str) -> KataConfig {
+    serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": name}, "spec": {},
+    }))
+    .expect("valid KataConfig")
+}
+
+fn api_code(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Poll `check` until it holds; the bound is a hang guard, not a timing assertion.
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..2000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn create_get_list_with_selectors_and_conflicts() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let pp = PostParams::default();
+    let a = api
+        .create(&pp, &cm("a", json!({"app": "x", "tier": "web"})))
+        .await
+        .expect("create a");
+    api.create(&pp, &cm("b", json!({"app": "y"})))
+        .await
+        .expect("create b");
+    assert!(!a.uid().unwrap_or_default().is_empty(), "uid assigned");
+    assert!(
+        a.creation_timestamp().is_some(),
+        "creationTimestamp assigned"
+    );
+    assert_eq!(a.metadata.generation, Some(1));
+
+    let again = api
+        .create(&pp, &cm("a", json!({})))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(api_code(again), (409, "AlreadyExists".into()));
+    let missing = api.get("zzz").await.expect_err("missing");
+    assert_eq!(api_code(missing), (404, "NotFound".into()));
+
+    let sel = |s: &str| ListParams::default().labels(s);
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(api.list(&sel("app=x")).await.expect("list")), ["a"]);
+    assert_eq!(
+        names(api.list(&sel("app in (x,y)")).await.expect("list")),
+        ["a", "b"]
+    );
+    assert_eq!(names(api.list(&sel("app!=x")).await.expect("list")), ["b"]);
+    assert_eq!(names(api.list(&sel("tier")).await.expect("list")), ["a"]);
+    assert_eq!(names(api.list(&sel("!tier")).await.expect("list")), ["b"]);
+    let by_name = api
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .expect("list");
+    assert_eq!(names(by_name.clone()), ["b"]);
+    assert!(
+        by_name
+            .metadata
+            .resource_version
+            .is_some_and(|rv| !rv.is_empty())
+    );
+    // Other namespaces are not listed; all-namespaces lists see everything.
+    let other: Api<ConfigMap> = Api::namespaced(fake.client(), "ns2");
+    assert!(
+        other
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    let all: Api<ConfigMap> = Api::all(fake.client());
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+
+    // PUT with a stale resourceVersion conflicts.
+    let mut stale = a.clone();
+    let mut fresh = api.get("a").await.expect("get");
+    fresh.data = Some([("k".to_string(), "v2".to_string())].into());
+    api.replace("a", &pp, &fresh).await.expect("replace");
+    stale.data = Some([("k".to_string(), "v3".to_string())].into());
+    let conflict = api.replace("a", &pp, &stale).await.expect_err("stale");
+    assert_eq!(api_code(conflict), (409, "Conflict".into()));
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_continue() {
+    let fake = FakeApi::new();
+    for i in 0..5 {
+        fake.insert(&cm(&format!("c{i}"), json!({})));
+    }
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let first = api
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().expect("continue token");
+    let rest = api
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .expect("page 2");
+    assert_eq!(
+        rest.items.iter().map(|c| c.name_any()).collect::<Vec<_>>(),
+        ["c2", "c3", "c4"]
+    );
+    // The paged watcher sees all five.
+    let seen: Vec<ConfigMap> = watcher(api, watcher::Config::default().page_size(2))
+        .take_while(|e| futures::future::ready(!matches!(e, Ok(watcher::Event::InitDone))))
+        .try_filter_map(|e| async move {
+            Ok(if let watcher::Event::InitApply(o) = e {
+                Some(o)
+            } else {
+                None
+            })
+        })
+        .try_collect()
+        .await
+        .expect("initial list");
+    assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_merges_and_records_the_manager() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let pp = PatchParams::apply("tester");
+    let first = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1"}})))
+        .await
+        .expect("apply creates");
+    assert_eq!(first.data.as_ref().expect("data")["a"], "1");
+    let merged = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s", "labels": {"l": "x"}}, "data": {"b": "2"}})))
+        .await
+        .expect("apply merges");
+    let data = merged.data.clone().expect("data");
+    assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
+    assert_eq!(merged.labels()["l"], "x");
+    let managers: Vec<String> = merged
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["tester"]);
+    // Re-applying the same thing is a no-op: no new resourceVersion.
+    let same = api
+        .patch("s", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s", "labels": {"l": "x"}}, "data": {"b": "2"}})))
+        .await
+        .expect("apply again");
+    assert_eq!(same.resource_version(), merged.resource_version());
+    // Apply without a field manager is refused like the real server does.
+    let no_manager = fake
+        .client()
+        .request::<ConfigMap>(
+            http::Request::patch("/api/v1/namespaces/ns1/configmaps/s")
+                .header("content-type", "application/apply-patch+yaml")
+                .body(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"}}"#.to_vec())
+                .expect("request"),
+        )
+        .await
+        .expect_err("no fieldManager");
+    match no_manager {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 400);
+            assert!(
+                s.message.contains("fieldManager is required"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn merge_patch_null_deletes_and_json_patch_test_guards() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(
+        &PostParams::default(),
+        &cm("m", json!({"a": "1", "b": "2"})),
+    )
+    .await
+    .expect("create");
+    let p = api
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": null, "c": "3"}}})),
+        )
+        .await
+        .expect("merge");
+    assert_eq!(p.labels().keys().cloned().collect::<Vec<_>>(), ["b", "c"]);
+    let jp: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/labels/b", "value": "nope"},
+        {"op": "remove", "path": "/metadata/labels/b"},
+    ]))
+    .expect("patch");
+    let failed = api
+        .patch("m", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .expect_err("test op fails");
+    assert_eq!(api_code(failed), (422, "Invalid".into()));
+    let missing = api
+        .patch(
+            "nope",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {}})),
+        )
+        .await
+        .expect_err("merge on missing");
+    assert_eq!(api_code(missing), (404, "NotFound".into()));
+}
+
+#[tokio::test]
+async fn status_subresource_is_isolated_and_generation_tracks_spec() {
+    let fake = FakeApi::new();
+    let api: Api<KataConfig> = Api::all(fake.client());
+    let created = api
+        .create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    assert_eq!(created.metadata.generation, Some(1));
+    // A status write changes only status and does not bump generation.
+    let st = api
+        .patch_status("k", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "X", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}, "spec": {"logLevel": "debug"}})))
+        .await
+        .expect("status patch");
+    assert_eq!(st.metadata.generation, Some(1));
+    assert!(st.status.is_some(), "status written");
+    assert_eq!(
+        st.spec.log_level, created.spec.log_level,
+        "spec ignored on /status"
+    );
+    // A spec write ignores status and bumps generation.
+    let sp = api
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logLevel": "debug"}, "status": null})),
+        )
+        .await
+        .expect("spec patch");
+    assert_eq!(sp.metadata.generation, Some(2));
+    assert!(sp.status.is_some(), "status kept on a spec write");
+    // A metadata-only write does not bump generation.
+    let md = api
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect("label patch");
+    assert_eq!(md.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn delete_with_finalizers_waits_for_them_and_owner_gc_cascades() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let kc: Api<KataConfig> = Api::all(client.clone());
+    let mut k = kata("k");
+    k.metadata.finalizers = Some(vec!["kataconfiguration.openshift.io/finalizer".into()]);
+    let k = kc.create(&PostParams::default(), &k).await.expect("create");
+    // A dependent owned by the KataConfig, and one owned by that dependent.
+    let owner = |o: &kube::core::ObjectMeta, kind: &str, api_version: &str| json!([{"apiVersion": api_version, "kind": kind, "name": o.name, "uid": o.uid, "controller": true}]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ns1");
+    let mut s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s1", "namespace": "ns1"}}))
+            .expect("secret");
+    s.metadata.owner_references = serde_json::from_value(owner(
+        &k.metadata,
+        "KataConfig",
+        "kataconfiguration.openshift.io/v1",
+    ))
+    .expect("refs");
+    let s = secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("secret");
+    let mut c = cm("c1", json!({}));
+    c.metadata.owner_references =
+        serde_json::from_value(owner(&s.metadata, "Secret", "v1")).expect("refs");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ns1");
+    cms.create(&PostParams::default(), &c).await.expect("cm");
+
+    let pending = kc
+        .delete("k", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pending = pending
+        .left()
+        .expect("object returned while finalizers remain");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        kc.get("k")
+            .await
+            .expect("still there")
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(
+        secrets.get_opt("s1").await.expect("get").is_some(),
+        "dependents stay while the owner exists"
+    );
+
+    kc.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop finalizer");
+    assert!(
+        kc.get_opt("k").await.expect("get").is_none(),
+        "gone once finalizers are empty"
+    );
+    assert!(
+        secrets.get_opt("s1").await.expect("get").is_none(),
+        "owned secret collected"
+    );
+    assert!(
+        cms.get_opt("c1").await.expect("get").is_none(),
+        "grandchild collected"
+    );
+
+    // Orphan propagation leaves dependents alone; a plain delete answers a Success Status.
+    let k2 = kc
+        .create(&PostParams::default(), &kata("k2"))
+        .await
+        .expect("create");
+    let mut s2: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s2", "namespace": "ns1"}}))
+            .expect("secret");
+    s2.metadata.owner_references = serde_json::from_value(owner(
+        &k2.metadata,
+        "KataConfig",
+        "kataconfiguration.openshift.io/v1",
+    ))
+    .expect("refs");
+    secrets
+        .create(&PostParams::default(), &s2)
+        .await
+        .expect("secret");
+    let gone = kc
+        .delete("k2", &DeleteParams::orphan())
+        .await
+        .expect("delete");
+    assert!(gone.is_right(), "immediate deletion answers a Status");
+    assert!(
+        secrets.get_opt("s2").await.expect("get").is_some(),
+        "orphaned dependent kept"
+    );
+}
+
+async fn next_event(
+    s: &mut futures::stream::BoxStream<'static, Result<watcher::Event<ConfigMap>, watcher::Error>>,
+) -> watcher::Event<ConfigMap> {
+    s.try_next().await.expect("watch ok").expect("not ended")
+}
+
+#[tokio::test]
+async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    fake.insert(&cm("pre", json!({})));
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    // Initial list.
+    let mut init = Vec::new();
+    loop {
+        match stream.try_next().await.expect("watch").expect("event") {
+            watcher::Event::InitApply(o) => init.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, ["pre"]);
+    api.create(&PostParams::default(), &cm("w", json!({})))
+        .await
+        .expect("create");
+    assert!(
+        matches!(next_event(&mut stream).await, watcher::Event::Apply(o) if o.name_any() == "w")
+    );
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "changed"}})),
+    )
+    .await
+    .expect("patch");
+    match next_event(&mut stream).await {
+        watcher::Event::Apply(o) => assert_eq!(o.data.expect("data")["k"], "changed"),
+        other => panic!("expected modification, got {other:?}"),
+    }
+    api.delete("w", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(
+        matches!(next_event(&mut stream).await, watcher::Event::Delete(o) if o.name_any() == "w")
+    );
+
+    // Closing the watch makes the watcher re-watch; a change made after that still arrives.
+    let watches_before = fake.requests().iter().filter(|r| r.verb == "watch").count();
+    fake.inject(Fault::any(FaultKind::CloseWatches, 1));
+    let watch_count = || fake.requests().iter().filter(|r| r.verb == "watch").count();
+    let poll = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Ok(Some(e)) = stream.try_next().await {
+            let done = matches!(&e, watcher::Event::Apply(o) if o.name_any() == "after-close");
+            events.push(e);
+            if done {
+                break;
+            }
+        }
+        events
+    });
+    eventually("watcher re-watches after close", || {
+        watch_count() > watches_before
+    })
+    .await;
+    api.create(&PostParams::default(), &cm("after-close", json!({})))
+        .await
+        .expect("create");
+    let events = poll.await.expect("join");
+    assert!(
+        matches!(events.last(), Some(watcher::Event::Apply(o)) if o.name_any() == "after-close")
+    );
+}
+
+#[tokio::test]
+async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(&PostParams::default(), &cm("f", json!({"pick": "yes"})))
+        .await
+        .expect("create");
+    let mut stream = watcher(api.clone(), watcher::Config::default().labels("pick=yes")).boxed();
+    loop {
+        if let watcher::Event::InitDone = stream.try_next().await.expect("ok").expect("event") {
+            break;
+        }
+    }
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"pick": "no"}}})),
+    )
+    .await
+    .expect("patch");
+    let ev = stream.try_next().await.expect("ok").expect("event");
+    assert!(matches!(ev, watcher::Event::Delete(o) if o.name_any() == "f"));
+}
+
+#[tokio::test]
+async fn injected_faults_fail_the_next_matching_requests_only() {
+    let fake = FakeApi::new();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    fake.insert(&cm("a", json!({})));
+    fake.inject(Fault::on("get", "configmaps", FaultKind::Status(500), 1));
+    assert_eq!(
+        api_code(api.get("a").await.expect_err("500")),
+        (500, "InternalError".into())
+    );
+    api.get("a").await.expect("second get succeeds");
+
+    fake.inject(Fault::on("patch", "configmaps", FaultKind::Status(429), 2));
+    // Other verbs are untouched.
+    api.get("a").await.expect("get unaffected");
+    for _ in 0..2 {
+        let e = api
+            .patch("a", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+            .expect_err("429");
+        assert_eq!(api_code(e), (429, "TooManyRequests".into()));
+    }
+    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({})))
+        .await
+        .expect("third patch ok");
+
+    // 429 carries Retry-After, as clients back off on it.
+    fake.inject(Fault::any(FaultKind::Status(429), 1));
+    let resp = tower::ServiceExt::oneshot(
+        RawSvc(fake.clone()),
+        http::Request::get("/api/v1/namespaces/ns1/configmaps/a")
+            .body(kube::client::Body::empty())
+            .expect("req"),
+    )
+    .await
+    .expect("infallible");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+
+    fake.inject(Fault::any(FaultKind::Timeout(Duration::from_millis(5)), 1));
+    assert_eq!(
+        api_code(api.get("a").await.expect_err("timeout")),
+        (504, "Timeout".into())
+    );
+}
+
+/// Lets a test see raw responses (headers) through the fake's public client only.
+#[derive(Clone)]
+struct RawSvc(FakeApi);
+
+impl tower::Service<http::Request<kube::client::Body>> for RawSvc {
+    type Response = http::Response<support::fake_api::FakeBody>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let fake = self.0.clone();
+        Box::pin(async move { Ok(fake.serve(req, "raw").await) })
+    }
+}
+
+#[tokio::test]
+async fn request_log_records_verbs_resources_and_writes() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let kc: Api<KataConfig> = Api::all(client.clone());
+    kc.create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    kc.get("k").await.expect("get");
+    kc.list(&ListParams::default()).await.expect("list");
+    kc.patch_status(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {}})),
+    )
+    .await
+    .expect("status");
+    kc.delete("k", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let log = fake.requests();
+    let verbs: Vec<&str> = log.iter().map(|r| r.verb.as_str()).collect();
+    assert_eq!(verbs, ["create", "get", "list", "patch", "delete"]);
+    assert!(
+        log.iter()
+            .all(|r| r.group == "kataconfiguration.openshift.io" && r.resource == "kataconfigs")
+    );
+    assert_eq!(log[3].subresource.as_deref(), Some("status"));
+    assert_eq!(log[1].name.as_deref(), Some("k"));
+    assert_eq!(fake.write_count(), 3);
+    assert_eq!(fake.write_count_by("operator"), 3);
+    assert_eq!(fake.write_count_by("mco-sim"), 0);
+    fake.clear_requests();
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn typed_and_json_test_hooks_see_the_same_store() {
+    let fake = FakeApi::new();
+    fake.insert(&kata("k"));
+    fake.insert_json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}}}));
+    assert!(fake.get::<KataConfig>("k").is_some());
+    assert_eq!(fake.get::<Node>("n1").expect("node").labels()["a"], "b");
+    assert!(fake.get_json("v1", "nodes", None, "n1").is_some());
+    fake.insert(&cm("c", json!({})));
+    assert!(fake.get_ns::<ConfigMap>("ns1", "c").is_some());
+    assert_eq!(fake.list_json("v1", "configmaps", Some("ns1")).len(), 1);
+    assert_eq!(fake.list::<Node>().len(), 1);
+    assert!(fake.delete("v1", "nodes", None, "n1"));
+    assert!(!fake.delete("v1", "nodes", None, "n1"));
+    let nodes: Api<Node> = Api::all(fake.client());
+    assert!(nodes.get_opt("n1").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn token_and_access_reviews_answer_from_the_callbacks() {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let fake = FakeApi::new();
+    fake.set_token_reviewer(|t| {
+        (t == "good").then(|| support::ReviewUser {
+            username: "prom".into(),
+            uid: "1".into(),
+            groups: vec!["g".into()],
+        })
+    });
+    fake.set_access_reviewer(|r| {
+        r.user == "prom" && r.verb == "get" && r.path.as_deref() == Some("/metrics")
+    });
+    let tr: Api<TokenReview> = Api::all(fake.client());
+    let review = |token: &str| -> TokenReview {
+        serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {"token": token}})).expect("tr")
+    };
+    let ok = tr
+        .create(&PostParams::default(), &review("good"))
+        .await
+        .expect("review");
+    let st = ok.status.expect("status");
+    assert_eq!(st.authenticated, Some(true));
+    assert_eq!(st.user.and_then(|u| u.username).as_deref(), Some("prom"));
+    let bad = tr
+        .create(&PostParams::default(), &review("bad"))
+        .await
+        .expect("review");
+    assert_eq!(bad.status.expect("status").authenticated, Some(false));
+
+    let sar: Api<SubjectAccessReview> = Api::all(fake.client());
+    let ask = |path: &str| -> SubjectAccessReview {
+        serde_json::from_value(json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {"user": "prom", "nonResourceAttributes": {"path": path, "verb": "get"}}})).expect("sar")
+    };
+    assert!(
+        sar.create(&PostParams::default(), &ask("/metrics"))
+            .await
+            .expect("sar")
+            .status
+            .expect("status")
+            .allowed
+    );
+    assert!(
+        !sar.create(&PostParams::default(), &ask("/other"))
+            .await
+            .expect("sar")
+            .status
+            .expect("status")
+            .allowed
+    );
+    let e = tr.get("x").await.expect_err("create-only");
+    assert_eq!(api_code(e), (405, "MethodNotAllowed".into()));
+}
+
+#[tokio::test]
+async fn unknown_resources_are_not_found_and_crds_register_new_ones() {
+    let fake = FakeApi::new();
+    let client = fake.client();
+    let widgets = kube::core::ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &widgets);
+    let e = api.list(&ListParams::default()).await.expect_err("unknown");
+    assert_eq!(api_code(e).0, 404);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Cluster", "names": {"plural": "widgets", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]},
+    }))
+    .expect("crd");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("crd");
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .expect("served now")
+            .items
+            .is_empty()
+    );
+}
+
+// ---------- MCO simulator ----------
+
+fn node(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+}
+
+fn mc(name: &str, role: &str) -> Value {
+    json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+           "metadata": {"name": name, "labels": {"machineconfiguration.openshift.io/role": role}},
+           "spec": {"extensions": [name]}})
+}
+
+fn kata_pool() -> Value {
+    json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+    "metadata": {"name": "kata-oc"},
+    "spec": {
+        "machineConfigSelector": {"matchExpressions": [{"key": "machineconfiguration.openshift.io/role", "operator": "In", "values": ["kata-oc", "worker"]}]},
+        "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/kata-oc": ""}},
+    }})
+}
+
+fn ann(fake: &FakeApi, node: &str, key: &str) -> Option<String> {
+    fake.get::<Node>(node)?.annotations().get(key).cloned()
+}
+
+fn pool(fake: &FakeApi, name: &str) -> MachineConfigPool {
+    fake.get::<MachineConfigPool>(name).expect("pool exists")
+}
+
+fn rendered(fake: &FakeApi, name: &str) -> Option<String> {
+    pool(fake, name).spec.configuration.and_then(|c| c.name)
+}
+
+fn pool_settled(fake: &FakeApi, name: &str, machines: i32) -> bool {
+    let p = pool(fake, name);
+    let Some(st) = p.status else { return false };
+    st.machine_count == machines
+        && st.updated_machine_count == machines
+        && st.ready_machine_count == machines
+        && st.condition_true("Updated")
+        && !st.condition_true("Updating")
+        && st.configuration.and_then(|c| c.name) == p.spec.configuration.and_then(|c| c.name)
+}
+
+async fn cluster(workers: usize) -> (FakeApi, support::SimHandle) {
+    let fake = FakeApi::new();
+    fake.insert_json(node(
+        "master-0",
+        json!({"node-role.kubernetes.io/master": ""}),
+    ));
+    for i in 0..workers {
+        fake.insert_json(node(
+            &format!("worker-{i}"),
+            json!({"node-role.kubernetes.io/worker": ""}),
+        ));
+    }
+    fake.insert_json(mc("00-worker", "worker"));
+    fake.insert_json(mc("00-master", "master"));
+    let sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim starts");
+    (fake, sim)
+}
+
+#[tokio::test]
+async fn sim_seeds_a_settled_cluster_and_then_writes_nothing() {
+    let (fake, sim) = cluster(2).await;
+    eventually("worker pool settled", || {
+        pool_settled(&fake, "worker", 2) && pool_settled(&fake, "master", 1)
+    })
+    .await;
+    let worker_target = rendered(&fake, "worker").expect("rendered");
+    assert!(worker_target.starts_with("rendered-worker-"));
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(
+            ann(&fake, n, MCO_CURRENT_CONFIG).as_deref(),
+            Some(worker_target.as_str())
+        );
+        assert_eq!(ann(&fake, n, MCO_STATE).as_deref(), Some("Done"));
+    }
+    let master = pool(&fake, "master").spec.configuration.expect("config");
+    assert_eq!(
+        master
+            .source
+            .iter()
+            .filter_map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+        ["00-master"]
+    );
+    // Settled: a no-op event (an unrelated object) causes no simulator writes.
+    fake.clear_requests();
+    fake.insert(&cm("noise", json!({})));
+    let nodes: Api<Node> = Api::all(fake.client());
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .expect("label");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        fake.write_count_by("mco-sim"),
+        0,
+        "{:?}",
+        fake.requests_by("mco-sim")
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
+    let (fake, sim) = cluster(3).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 3)).await;
+    let old = rendered(&fake, "worker").expect("worker rendered");
+    // Track every annotation state the nodes pass through.
+    let nodes: Api<Node> = Api::all(fake.client());
+    let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+
+    fake.insert_json(kata_pool());
+    fake.insert_json(mc("50-kata", "kata-oc"));
+    for n in ["worker-0", "worker-1"] {
+        nodes
+            .patch(
+                n,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"node-role.kubernetes.io/kata-oc": ""}}}),
+                ),
+            )
+            .await
+            .expect("label");
+    }
+    let mut working_at_once = 0usize;
+    let mut seen_working = std::collections::BTreeSet::new();
+    let mut state: std::collections::BTreeMap<String, String> = Default::default();
+    while !(pool_settled(&fake, "kata-oc", 2) && pool_settled(&fake, "worker", 1)) {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+            .await
+            .expect("progress")
+            .expect("ok")
+            .expect("event");
+        if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = ev {
+            let s = n.annotations().get(MCO_STATE).cloned().unwrap_or_default();
+            if s == "Working" {
+                seen_working.insert(n.name_any());
+            }
+            state.insert(n.name_any(), s);
+            working_at_once =
+                working_at_once.max(state.values().filter(|s| *s == "Working").count());
+        }
+    }
+    assert_eq!(working_at_once, 1, "maxUnavailable 1 per pool");
+    assert_eq!(
+        seen_working.iter().cloned().collect::<Vec<_>>(),
+        ["worker-0", "worker-1"]
+    );
+    let target = rendered(&fake, "kata-oc").expect("kata rendered");
+    assert!(target.starts_with("rendered-kata-oc-"));
+    let sources: Vec<String> = pool(&fake, "kata-oc")
+        .spec
+        .configuration
+        .expect("conf")
+        .source
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    assert_eq!(sources, ["00-worker", "50-kata"]);
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(ann(&fake, n, MCO_CURRENT_CONFIG), Some(target.clone()));
+        assert_eq!(ann(&fake, n, MCO_DESIRED_CONFIG), Some(target.clone()));
+        assert_eq!(ann(&fake, n, MCO_STATE).as_deref(), Some("Done"));
+    }
+    assert_eq!(ann(&fake, "worker-2", MCO_CURRENT_CONFIG), Some(old));
+    let st = pool(&fake, "kata-oc").status.expect("status");
+    assert_eq!(
+        (
+            st.machine_count,
+            st.updated_machine_count,
+            st.degraded_machine_count,
+            st.unavailable_machine_count
+        ),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(
+        st.observed_generation,
+        pool(&fake, "kata-oc").metadata.generation
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_degrade_stops_the_pool_and_recover_resumes() {
+    let (fake, sim) = cluster(2).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 2)).await;
+    let before = rendered(&fake, "worker").expect("rendered");
+    // A new worker MachineConfig: the pool re-renders and starts walking.
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
+    eventually("a node is working", || {
+        ["worker-0", "worker-1"]
+            .iter()
+            .any(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
+    })
+    .await;
+    let working = ["worker-0", "worker-1"]
+        .into_iter()
+        .find(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
+        .expect("one working");
+    sim.degrade_node(working, "disk on fire")
+        .await
+        .expect("degrade");
+    eventually("pool degraded", || {
+        pool(&fake, "worker").status.is_some_and(|s| {
+            s.degraded_machine_count == 1
+                && s.condition_true("Degraded")
+                && !s.condition_true("Updated")
+        })
+    })
+    .await;
+    assert_eq!(
+        ann(&fake, working, MCO_REASON).as_deref(),
+        Some("disk on fire")
+    );
+    let st = pool(&fake, "worker").status.expect("status");
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded condition");
+    assert!(
+        degraded
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("disk on fire"),
+        "{degraded:?}"
+    );
+    // While degraded the node stays put and the other node does not start.
+    let other = if working == "worker-0" {
+        "worker-1"
+    } else {
+        "worker-0"
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ann(&fake, working, MCO_STATE).as_deref(), Some("Degraded"));
+    assert_eq!(ann(&fake, other, MCO_CURRENT_CONFIG), Some(before.clone()));
+    assert_eq!(ann(&fake, other, MCO_STATE).as_deref(), Some("Done"));
+
+    sim.recover_node(working).await.expect("recover");
+    eventually("pool settled after recovery", || {
+        pool_settled(&fake, "worker", 2)
+    })
+    .await;
+    let st = pool(&fake, "worker").status.expect("status");
+    assert_eq!(st.degraded_machine_count, 0);
+    assert!(!st.condition_true("Degraded"));
+    assert_eq!(ann(&fake, working, MCO_REASON).as_deref(), Some(""));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_survives_api_faults_by_retrying() {
+    let (fake, sim) = cluster(1).await;
+    eventually("initial settle", || pool_settled(&fake, "worker", 1)).await;
+    let before = rendered(&fake, "worker").expect("rendered");
+    fake.clear_requests();
+    fake.inject(Fault::on("patch", "nodes", FaultKind::Status(500), 2));
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
+    let target = rendered(&fake, "worker");
+    eventually("node reaches the new rendering despite 500s", || {
+        ann(&fake, "worker-0", MCO_CURRENT_CONFIG) == target && pool_settled(&fake, "worker", 1)
+    })
+    .await;
+    let failed_patches = fake
+        .requests_by("mco-sim")
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "nodes")
+        .count();
+    assert!(
+        failed_patches >= 4,
+        "2 failed + 2 successful node patches, got {failed_patches}"
+    );
+    sim.stop().await;
+}
