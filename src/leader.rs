@@ -13,11 +13,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -110,7 +110,9 @@ where
         match elector.try_acquire_or_renew().await {
             Ok(true) => break,
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leader election: could not read or take the Lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election: could not read or take the Lease")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -238,7 +240,11 @@ impl Elector {
         new.renew_time = Some(Self::now());
         lease.spec = Some(new);
         // Replace carries the resourceVersion we read: a concurrent taker gets a conflict.
-        match self.api.replace(&name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e).context("updating the Lease"),
@@ -259,7 +265,9 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(Self::now());
         lease.spec = Some(spec);
-        self.api.replace(&name, &PostParams::default(), &lease).await?;
+        self.api
+            .replace(&name, &PostParams::default(), &lease)
+            .await?;
         tracing::info!(lease = %name, "released leadership");
         Ok(())
     }

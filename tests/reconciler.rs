@@ -15,9 +15,9 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use sandboxed_containers_operator::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
 };
@@ -28,7 +28,7 @@ use sandboxed_containers_operator::names::{
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MC_ROLE_LABEL, RUNTIME_CLASS, WORKER_ROLE_LABEL,
 };
 use sandboxed_containers_operator::{leader, reconciler};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use support::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,10 @@ async fn cluster(workers: usize) -> Cluster {
     }
     for i in 0..workers {
         let zone = if i % 2 == 0 { "a" } else { "b" };
-        api.insert(&node(&format!("w{i}"), &[(WORKER_ROLE_LABEL, ""), ("zone", zone)]));
+        api.insert(&node(
+            &format!("w{i}"),
+            &[(WORKER_ROLE_LABEL, ""), ("zone", zone)],
+        ));
     }
     let sim = McoSimulator::spawn(
         api.client_as("mco-sim"),
@@ -79,7 +82,10 @@ async fn cluster(workers: usize) -> Cluster {
         c.api
             .list::<Node>()
             .iter()
-            .all(|n| n.annotations().contains_key("machineconfiguration.openshift.io/currentConfig"))
+            .all(|n| {
+                n.annotations()
+                    .contains_key("machineconfiguration.openshift.io/currentConfig")
+            })
             .then_some(())
     })
     .await;
@@ -194,7 +200,11 @@ impl Cluster {
             if start.elapsed() > HANG_GUARD {
                 panic!(
                     "timed out waiting for: {what}\nKataConfigs: {:#?}",
-                    self.api.list::<KataConfig>().iter().map(|k| &k.status).collect::<Vec<_>>()
+                    self.api
+                        .list::<KataConfig>()
+                        .iter()
+                        .map(|k| &k.status)
+                        .collect::<Vec<_>>()
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -202,21 +212,41 @@ impl Cluster {
     }
 
     async fn wait_ready(&self, name: &str) {
-        self.wait(&format!("KataConfig {name} Ready"), |c| c.is_ready(name).then_some(()))
-            .await;
+        self.wait(&format!("KataConfig {name} Ready"), |c| {
+            c.is_ready(name).then_some(())
+        })
+        .await;
     }
 
     /// Nothing the operator created is left.
     fn assert_clean(&self) {
-        assert!(self.api.get::<MachineConfig>(EXTENSION_MC).is_none(), "extension MC left");
-        assert!(self.api.get::<MachineConfig>(CRIO_DROPIN_MC).is_none(), "CRI-O MC left");
-        assert!(self.api.get::<MachineConfigPool>(KATA_POOL).is_none(), "kata-oc pool left");
-        assert!(self.api.get::<RuntimeClass>(RUNTIME_CLASS).is_none(), "RuntimeClass left");
         assert!(
-            self.api.get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG).is_none(),
+            self.api.get::<MachineConfig>(EXTENSION_MC).is_none(),
+            "extension MC left"
+        );
+        assert!(
+            self.api.get::<MachineConfig>(CRIO_DROPIN_MC).is_none(),
+            "CRI-O MC left"
+        );
+        assert!(
+            self.api.get::<MachineConfigPool>(KATA_POOL).is_none(),
+            "kata-oc pool left"
+        );
+        assert!(
+            self.api.get::<RuntimeClass>(RUNTIME_CLASS).is_none(),
+            "RuntimeClass left"
+        );
+        assert!(
+            self.api
+                .get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
+                .is_none(),
             "ContainerRuntimeConfig left"
         );
-        assert!(self.kata_labelled().is_empty(), "kata label left on {:?}", self.kata_labelled());
+        assert!(
+            self.kata_labelled().is_empty(),
+            "kata label left on {:?}",
+            self.kata_labelled()
+        );
     }
 
     fn node_config(&self, name: &str) -> String {
@@ -272,23 +302,38 @@ async fn first_install_labels_nodes_rolls_out_then_creates_runtime_class() {
     let st = kc.status.expect("status");
     assert_eq!(st.runtime_classes, ["kata"]);
     assert_eq!(st.kata_nodes.installed, ["w0", "w1", "w2"]);
-    assert_eq!((st.kata_nodes.node_count, st.kata_nodes.ready_node_count), (3, 3));
+    assert_eq!(
+        (st.kata_nodes.node_count, st.kata_nodes.ready_node_count),
+        (3, 3)
+    );
     assert_eq!(c.kata_labelled(), ["w0", "w1", "w2"]);
     for w in ["w0", "w1", "w2"] {
         assert!(c.node_config(w).starts_with("rendered-kata-oc-"), "{w}");
     }
-    let rc = c.api.get::<RuntimeClass>(RUNTIME_CLASS).expect("runtime class");
+    let rc = c
+        .api
+        .get::<RuntimeClass>(RUNTIME_CLASS)
+        .expect("runtime class");
     assert_eq!(rc.handler, "kata");
     assert_eq!(
         rc.scheduling.and_then(|s| s.node_selector),
-        Some(BTreeMap::from([(KATA_ROLE_LABEL.to_string(), String::new())]))
+        Some(BTreeMap::from([(
+            KATA_ROLE_LABEL.to_string(),
+            String::new()
+        )]))
     );
-    assert_eq!(rc.metadata.owner_references.expect("owner")[0].name, "example");
+    assert_eq!(
+        rc.metadata.owner_references.expect("owner")[0].name,
+        "example"
+    );
     let crc = c
         .api
         .get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
         .expect("crc");
-    assert_eq!(crc.spec.container_runtime_config.log_level.as_deref(), Some("debug"));
+    assert_eq!(
+        crc.spec.container_runtime_config.log_level.as_deref(),
+        Some("debug")
+    );
 
     // The RuntimeClass is written only after the simulated MCO finished the last node.
     let reqs = c.api.requests();
@@ -300,16 +345,19 @@ async fn first_install_labels_nodes_rolls_out_then_creates_runtime_class() {
         .iter()
         .rposition(|r| r.client == "mco-sim" && r.resource == "nodes" && r.is_write)
         .expect("sim wrote nodes");
-    assert!(rc_write > last_node_done, "RuntimeClass before the rollout finished");
+    assert!(
+        rc_write > last_node_done,
+        "RuntimeClass before the rollout finished"
+    );
 
     assert_eq!(c.events("Installing").len(), 1, "one event per transition");
     assert_eq!(c.events("Installed").len(), 1);
     assert_eq!(op.metrics.installation_success.get(), 1.0);
-    assert_eq!(
-        op.metrics.nodes.with_label_values(&["installed"]).get(),
-        3
+    assert_eq!(op.metrics.nodes.with_label_values(&["installed"]).get(), 3);
+    assert!(
+        op.readiness.check().is_ok(),
+        "controller reports ready once synced"
     );
-    assert!(op.readiness.check().is_ok(), "controller reports ready once synced");
     op.stop().await;
 }
 
@@ -317,8 +365,11 @@ async fn first_install_labels_nodes_rolls_out_then_creates_runtime_class() {
 async fn selector_edit_moves_a_node_in_and_out() {
     let c = cluster(3).await;
     let op = c.start_operator();
-    c.create_kc("example", json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}))
-        .await;
+    c.create_kc(
+        "example",
+        json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}),
+    )
+    .await;
     c.wait_ready("example").await;
     assert_eq!(c.kata_labelled(), ["w1"]);
 
@@ -327,7 +378,9 @@ async fn selector_edit_moves_a_node_in_and_out() {
         .patch(
             "example",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"kataConfigPoolSelector": {"matchLabels": {"zone": "a"}}}})),
+            &Patch::Merge(
+                json!({"spec": {"kataConfigPoolSelector": {"matchLabels": {"zone": "a"}}}}),
+            ),
         )
         .await
         .expect("edit selector");
@@ -353,10 +406,15 @@ async fn degraded_node_is_named_with_the_mco_reason_and_recovery_completes() {
     let op = c.start_operator();
     c.create_kc("example", json!({})).await;
     // Degrade w1 as soon as the kata pool exists (before it is updated).
-    c.wait("kata nodes labelled", |c| (c.kata_labelled().len() == 3).then_some(()))
-        .await;
+    c.wait("kata nodes labelled", |c| {
+        (c.kata_labelled().len() == 3).then_some(())
+    })
+    .await;
     c.sim
-        .degrade_node("w1", "failed to drain node: PodDisruptionBudget blocks eviction")
+        .degrade_node(
+            "w1",
+            "failed to drain node: PodDisruptionBudget blocks eviction",
+        )
         .await
         .expect("degrade");
     let msg = c
@@ -373,8 +431,10 @@ async fn degraded_node_is_named_with_the_mco_reason_and_recovery_completes() {
     let st = c.kc("example").and_then(|k| k.status).expect("status");
     assert_eq!(st.kata_nodes.failed_to_install, ["w1"]);
     assert!(!c.is_ready("example"));
-    c.wait("NodeDegraded event", |c| (!c.events("NodeDegraded").is_empty()).then_some(()))
-        .await;
+    c.wait("NodeDegraded event", |c| {
+        (!c.events("NodeDegraded").is_empty()).then_some(())
+    })
+    .await;
 
     c.sim.recover_node("w1").await.expect("recover");
     c.wait_ready("example").await;
@@ -382,8 +442,10 @@ async fn degraded_node_is_named_with_the_mco_reason_and_recovery_completes() {
         c.condition("example", "Degraded").map(|d| d.0).as_deref(),
         Some("False")
     );
-    c.wait("NodeRecovered event", |c| (!c.events("NodeRecovered").is_empty()).then_some(()))
-        .await;
+    c.wait("NodeRecovered event", |c| {
+        (!c.events("NodeRecovered").is_empty()).then_some(())
+    })
+    .await;
     op.stop().await;
 }
 
@@ -401,10 +463,17 @@ async fn drift_of_each_owned_object_is_repaired() {
         .delete(RUNTIME_CLASS, &DeleteParams::default())
         .await
         .expect("delete rc");
-    c.wait("RuntimeClass restored", |c| c.api.get::<RuntimeClass>(RUNTIME_CLASS)).await;
+    c.wait("RuntimeClass restored", |c| {
+        c.api.get::<RuntimeClass>(RUNTIME_CLASS)
+    })
+    .await;
     // Edited RuntimeClass handler.
     Api::<RuntimeClass>::all(admin.clone())
-        .patch(RUNTIME_CLASS, &pp, &Patch::Merge(json!({"handler": "runc"})))
+        .patch(
+            RUNTIME_CLASS,
+            &pp,
+            &Patch::Merge(json!({"handler": "runc"})),
+        )
         .await
         .expect("edit rc");
     c.wait("RuntimeClass handler restored", |c| {
@@ -418,8 +487,10 @@ async fn drift_of_each_owned_object_is_repaired() {
         .delete(CRIO_DROPIN_MC, &DeleteParams::default())
         .await
         .expect("delete mc");
-    c.wait("CRI-O MachineConfig restored", |c| c.api.get::<MachineConfig>(CRIO_DROPIN_MC))
-        .await;
+    c.wait("CRI-O MachineConfig restored", |c| {
+        c.api.get::<MachineConfig>(CRIO_DROPIN_MC)
+    })
+    .await;
     Api::<MachineConfig>::all(admin.clone())
         .patch(
             EXTENSION_MC,
@@ -430,7 +501,8 @@ async fn drift_of_each_owned_object_is_repaired() {
         .expect("edit mc");
     c.wait("extension MachineConfig restored", |c| {
         c.api.get::<MachineConfig>(EXTENSION_MC).filter(|m| {
-            m.spec.extensions == ["kata-containers"] && m.labels().get(MC_ROLE_LABEL).map(String::as_str) == Some("kata-oc")
+            m.spec.extensions == ["kata-containers"]
+                && m.labels().get(MC_ROLE_LABEL).map(String::as_str) == Some("kata-oc")
         })
     })
     .await;
@@ -440,7 +512,8 @@ async fn drift_of_each_owned_object_is_repaired() {
         .await
         .expect("delete crc");
     c.wait("ContainerRuntimeConfig restored", |c| {
-        c.api.get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
+        c.api
+            .get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
     })
     .await;
     Api::<ContainerRuntimeConfig>::all(admin.clone())
@@ -480,10 +553,15 @@ async fn drift_of_each_owned_object_is_repaired() {
         .delete(KATA_POOL, &DeleteParams::default())
         .await
         .expect("delete pool");
-    c.wait("pool restored", |c| c.api.get::<MachineConfigPool>(KATA_POOL)).await;
+    c.wait("pool restored", |c| {
+        c.api.get::<MachineConfigPool>(KATA_POOL)
+    })
+    .await;
     c.wait_ready("example").await;
-    c.wait("DriftRepaired events", |c| (!c.events("DriftRepaired").is_empty()).then_some(()))
-        .await;
+    c.wait("DriftRepaired events", |c| {
+        (!c.events("DriftRepaired").is_empty()).then_some(())
+    })
+    .await;
     op.stop().await;
 }
 
@@ -505,7 +583,10 @@ async fn uninstall_blocked_by_a_kata_pod_resumes_by_itself_when_it_finishes() {
         })
         .await;
     assert!(msg.contains("team-a/web"), "{msg}");
-    assert!(!msg.contains("team-b/done"), "terminal pods never block: {msg}");
+    assert!(
+        !msg.contains("team-b/done"),
+        "terminal pods never block: {msg}"
+    );
     let notes = c.events("BlockedByExistingKataPods");
     assert!(notes.iter().any(|n| n.contains("team-a/web")), "{notes:?}");
     // Nothing is removed while blocked.
@@ -514,13 +595,23 @@ async fn uninstall_blocked_by_a_kata_pod_resumes_by_itself_when_it_finishes() {
 
     // The pod finishes: the uninstall goes on without anyone touching the KataConfig.
     Api::<Pod>::namespaced(c.admin(), "team-a")
-        .patch_status("web", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Succeeded"}})))
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
         .await
         .expect("pod finished");
-    c.wait("KataConfig gone", |c| c.kc("example").is_none().then_some(())).await;
+    c.wait("KataConfig gone", |c| {
+        c.kc("example").is_none().then_some(())
+    })
+    .await;
     c.assert_clean();
     for w in ["w0", "w1"] {
-        assert!(c.node_config(w).starts_with("rendered-worker-"), "{w} back on worker");
+        assert!(
+            c.node_config(w).starts_with("rendered-worker-"),
+            "{w} back on worker"
+        );
     }
     assert!(!c.events("Uninstalled").is_empty());
     op.stop().await;
@@ -534,13 +625,18 @@ async fn each_node_reboots_once_during_uninstall() {
     c.wait_ready("example").await;
     c.api.clear_requests();
     c.delete_kc("example").await;
-    c.wait("KataConfig gone", |c| c.kc("example").is_none().then_some(())).await;
+    c.wait("KataConfig gone", |c| {
+        c.kc("example").is_none().then_some(())
+    })
+    .await;
     c.assert_clean();
     // Each node starts exactly one update ("Working") on the way out.
     let mut starts: BTreeMap<String, usize> = BTreeMap::new();
     for r in c.api.requests() {
         if r.client == "mco-sim" && r.resource == "nodes" && r.is_write {
-            *starts.entry(r.name.clone().unwrap_or_default()).or_default() += 1;
+            *starts
+                .entry(r.name.clone().unwrap_or_default())
+                .or_default() += 1;
         }
     }
     // The simulator writes twice per update (Working, then Done).
@@ -559,12 +655,16 @@ async fn crash_mid_uninstall_resumes_to_a_clean_cluster() {
     c.delete_kc("example").await;
     // Crash once the first step is done and nodes are moving back.
     c.wait("uninstall under way", |c| {
-        (c.api.get::<MachineConfig>(EXTENSION_MC).is_none() && c.kc("example").is_some()).then_some(())
+        (c.api.get::<MachineConfig>(EXTENSION_MC).is_none() && c.kc("example").is_some())
+            .then_some(())
     })
     .await;
     op.crash().await;
     let op = c.start_operator();
-    c.wait("KataConfig gone", |c| c.kc("example").is_none().then_some(())).await;
+    c.wait("KataConfig gone", |c| {
+        c.kc("example").is_none().then_some(())
+    })
+    .await;
     c.assert_clean();
     op.stop().await;
 }
@@ -584,9 +684,20 @@ async fn crash_at_each_install_write_resumes_to_the_same_end_state() {
         let op = c.start_operator();
         c.wait_ready("example").await;
         let st = c.kc("example").and_then(|k| k.status).expect("status");
-        assert_eq!(st.kata_nodes.installed, ["w0", "w1", "w2"], "crash after {n}");
-        assert!(c.api.get::<RuntimeClass>(RUNTIME_CLASS).is_some(), "crash after {n}");
-        assert!(c.api.get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG).is_some());
+        assert_eq!(
+            st.kata_nodes.installed,
+            ["w0", "w1", "w2"],
+            "crash after {n}"
+        );
+        assert!(
+            c.api.get::<RuntimeClass>(RUNTIME_CLASS).is_some(),
+            "crash after {n}"
+        );
+        assert!(
+            c.api
+                .get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
+                .is_some()
+        );
         op.stop().await;
     }
 }
@@ -597,7 +708,10 @@ async fn converged_cluster_installs_on_the_master_pool() {
     let op = c.start_operator();
     c.create_kc("example", json!({})).await;
     c.wait_ready("example").await;
-    assert!(c.api.get::<MachineConfigPool>(KATA_POOL).is_none(), "no kata-oc pool");
+    assert!(
+        c.api.get::<MachineConfigPool>(KATA_POOL).is_none(),
+        "no kata-oc pool"
+    );
     assert!(c.kata_labelled().is_empty(), "no kata-oc label");
     let mc = c.api.get::<MachineConfig>(EXTENSION_MC).expect("mc");
     assert_eq!(mc.labels()[MC_ROLE_LABEL], "master");
@@ -606,10 +720,16 @@ async fn converged_cluster_installs_on_the_master_pool() {
     let rc = c.api.get::<RuntimeClass>(RUNTIME_CLASS).expect("rc");
     assert_eq!(
         rc.scheduling.and_then(|s| s.node_selector),
-        Some(BTreeMap::from([(MASTER_ROLE_LABEL.to_string(), String::new())]))
+        Some(BTreeMap::from([(
+            MASTER_ROLE_LABEL.to_string(),
+            String::new()
+        )]))
     );
     c.delete_kc("example").await;
-    c.wait("KataConfig gone", |c| c.kc("example").is_none().then_some(())).await;
+    c.wait("KataConfig gone", |c| {
+        c.kc("example").is_none().then_some(())
+    })
+    .await;
     c.assert_clean();
     for m in ["m0", "m1", "m2"] {
         assert!(c.node_config(m).starts_with("rendered-master-"));
@@ -629,7 +749,11 @@ async fn settled_cluster_makes_no_writes_even_after_watch_resets_and_restarts() 
     c.api.inject(Fault::any(FaultKind::CloseWatches, 1));
     // An unrelated node change triggers a reconcile too.
     Api::<Node>::all(c.admin())
-        .patch("w0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"unrelated": "x"}}})))
+        .patch(
+            "w0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"unrelated": "x"}}})),
+        )
         .await
         .expect("touch node");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -645,9 +769,14 @@ async fn settled_cluster_makes_no_writes_even_after_watch_resets_and_restarts() 
         .api
         .requests()
         .into_iter()
-        .filter(|r| r.client == "operator" && r.is_write && r.resource != "events" && r.resource != "leases")
+        .filter(|r| {
+            r.client == "operator" && r.is_write && r.resource != "events" && r.resource != "leases"
+        })
         .collect();
-    assert!(writes.is_empty(), "settled cluster was written: {writes:#?}");
+    assert!(
+        writes.is_empty(),
+        "settled cluster was written: {writes:#?}"
+    );
     op.stop().await;
 }
 
@@ -660,20 +789,27 @@ async fn second_kata_config_is_reported_in_its_own_status_and_ignored() {
     c.create_kc("second", json!({"logLevel": "debug"})).await;
     let (_, reason, msg) = c
         .wait("second told it is ignored", |c| {
-            c.condition("second", "Ready").filter(|x| x.1 == "DuplicateKataConfig")
+            c.condition("second", "Ready")
+                .filter(|x| x.1 == "DuplicateKataConfig")
         })
         .await;
     assert_eq!(reason, "DuplicateKataConfig");
     assert!(msg.contains("\"first\" is the active one"), "{msg}");
     let second = c.kc("second").expect("second");
-    assert!(second.finalizers().is_empty(), "no finalizer on the ignored one");
     assert!(
-        c.api.get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG).is_none(),
+        second.finalizers().is_empty(),
+        "no finalizer on the ignored one"
+    );
+    assert!(
+        c.api
+            .get::<ContainerRuntimeConfig>(CONTAINER_RUNTIME_CONFIG)
+            .is_none(),
         "the second spec is not acted on"
     );
     // Deleting it is immediate and leaves the first install alone.
     c.delete_kc("second").await;
-    c.wait("second gone", |c| c.kc("second").is_none().then_some(())).await;
+    c.wait("second gone", |c| c.kc("second").is_none().then_some(()))
+        .await;
     assert!(c.is_ready("first"));
     op.stop().await;
 }
@@ -692,12 +828,19 @@ async fn invalid_spec_is_reported_and_a_fix_resumes() {
     c.api.insert(&kc);
     let (status, _, msg) = c
         .wait("InvalidSpec", |c| {
-            c.condition("example", "Ready").filter(|x| x.1 == "InvalidSpec")
+            c.condition("example", "Ready")
+                .filter(|x| x.1 == "InvalidSpec")
         })
         .await;
     assert_eq!(status, "False");
-    assert!(msg.contains("spec.kataConfigPoolSelector.matchExpressions[0].values"), "{msg}");
-    assert!(c.kata_labelled().is_empty(), "nothing done for an invalid spec");
+    assert!(
+        msg.contains("spec.kataConfigPoolSelector.matchExpressions[0].values"),
+        "{msg}"
+    );
+    assert!(
+        c.kata_labelled().is_empty(),
+        "nothing done for an invalid spec"
+    );
     Api::<KataConfig>::all(c.admin())
         .patch(
             "example",
@@ -708,7 +851,14 @@ async fn invalid_spec_is_reported_and_a_fix_resumes() {
         .expect("fix");
     c.wait_ready("example").await;
     assert_eq!(c.kata_labelled(), ["w0"]);
-    assert_eq!(op.metrics.reconciliations.with_label_values(&["invalid_spec"]).get() > 0, true);
+    assert_eq!(
+        op.metrics
+            .reconciliations
+            .with_label_values(&["invalid_spec"])
+            .get()
+            > 0,
+        true
+    );
     op.stop().await;
 }
 
@@ -716,24 +866,58 @@ async fn invalid_spec_is_reported_and_a_fix_resumes() {
 async fn api_errors_back_off_and_converge() {
     let c = cluster(3).await;
     let op = c.start_operator();
-    c.api.inject(Fault::on("patch", "machineconfigs", FaultKind::Status(500), 3));
-    c.api.inject(Fault::on("patch", "nodes", FaultKind::Status(429), 2));
-    c.api.inject(Fault::on("patch", "machineconfigpools", FaultKind::Timeout(Duration::from_secs(3)), 1));
+    c.api.inject(Fault::on(
+        "patch",
+        "machineconfigs",
+        FaultKind::Status(500),
+        3,
+    ));
+    c.api
+        .inject(Fault::on("patch", "nodes", FaultKind::Status(429), 2));
+    c.api.inject(Fault::on(
+        "patch",
+        "machineconfigpools",
+        FaultKind::Timeout(Duration::from_secs(3)),
+        1,
+    ));
     c.create_kc("example", json!({"logLevel": "debug"})).await;
-    c.wait("some progress", |c| (!c.kata_labelled().is_empty()).then_some(())).await;
+    c.wait("some progress", |c| {
+        (!c.kata_labelled().is_empty()).then_some(())
+    })
+    .await;
     c.api.inject(Fault::any(FaultKind::CloseWatches, 1));
-    c.api.inject(Fault::on("patch", "runtimeclasses", FaultKind::Status(503), 2));
+    c.api.inject(Fault::on(
+        "patch",
+        "runtimeclasses",
+        FaultKind::Status(503),
+        2,
+    ));
     c.wait_ready("example").await;
     let errors = |cat: &str| op.metrics.api_errors.with_label_values(&[cat]).get();
     assert!(errors("server") >= 1, "500s counted");
     assert!(errors("throttled") >= 1, "429s counted");
     assert!(errors("timeout") + errors("server") >= 2, "timeout counted");
-    assert!(op.metrics.reconciliations.with_label_values(&["error"]).get() >= 3);
+    assert!(
+        op.metrics
+            .reconciliations
+            .with_label_values(&["error"])
+            .get()
+            >= 3
+    );
     // Uninstall under faults too.
-    c.api.inject(Fault::on("delete", "machineconfigs", FaultKind::Status(500), 2));
-    c.api.inject(Fault::on("patch", "kataconfigs", FaultKind::Status(409), 1));
+    c.api.inject(Fault::on(
+        "delete",
+        "machineconfigs",
+        FaultKind::Status(500),
+        2,
+    ));
+    c.api
+        .inject(Fault::on("patch", "kataconfigs", FaultKind::Status(409), 1));
     c.delete_kc("example").await;
-    c.wait("KataConfig gone", |c| c.kc("example").is_none().then_some(())).await;
+    c.wait("KataConfig gone", |c| {
+        c.kc("example").is_none().then_some(())
+    })
+    .await;
     c.assert_clean();
     op.stop().await;
 }
@@ -821,7 +1005,9 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
         fast_lease().lease_duration
     );
     assert_eq!(lease_holder(&api).as_deref(), Some("b"));
-    let lease = api.get_ns::<Lease>("ops", leader::LEASE_NAME).expect("lease");
+    let lease = api
+        .get_ns::<Lease>("ops", leader::LEASE_NAME)
+        .expect("lease");
     assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
 
     // Graceful shutdown releases the Lease at once.
@@ -850,9 +1036,16 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
         )
         .await
         .expect("steal");
-    let res = tokio::time::timeout(HANG_GUARD, a.task).await.expect("a ends").expect("join");
+    let res = tokio::time::timeout(HANG_GUARD, a.task)
+        .await
+        .expect("a ends")
+        .expect("join");
     let err = res.expect_err("losing the Lease is an error");
-    assert!(err.to_string().contains("lost leadership of Lease ops/sandboxed-containers-operator-leader"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("lost leadership of Lease ops/sandboxed-containers-operator-leader"),
+        "{err}"
+    );
     assert!(!*a.leading.borrow(), "work stopped");
     assert_eq!(a.metrics.leader.get(), 0);
     drop(a.shutdown);
@@ -871,14 +1064,19 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
     let pool_updated = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let kc_ready = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let pu = pool_updated.clone();
-    let pools = watcher::watcher(Api::<MachineConfigPool>::all(client.clone()), watcher::Config::default());
+    let pools = watcher::watcher(
+        Api::<MachineConfigPool>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let pool_task = tokio::spawn(async move {
         let mut s = std::pin::pin!(pools);
         while let Some(ev) = s.next().await {
             if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev
                 && p.name_any() == KATA_POOL
                 && p.status.as_ref().is_some_and(|st| {
-                    st.machine_count == 3 && st.updated_machine_count == 3 && st.condition_true("Updated")
+                    st.machine_count == 3
+                        && st.updated_machine_count == 3
+                        && st.condition_true("Updated")
                 })
             {
                 let mut g = pu.lock().expect("lock");
@@ -895,7 +1093,9 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
         while let Some(ev) = s.next().await {
             if let Ok(watcher::Event::Apply(k) | watcher::Event::InitApply(k)) = ev
                 && k.status.as_ref().is_some_and(|st| {
-                    st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    st.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
                 })
             {
                 let mut g = kr.lock().expect("lock");
@@ -909,16 +1109,30 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
     let op = c.start_operator();
     c.create_kc("example", json!({})).await;
     c.wait_ready("example").await;
-    let reqs: Vec<_> = c.api.requests().into_iter().filter(|r| r.client == "operator").collect();
+    let reqs: Vec<_> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.client == "operator")
+        .collect();
     let writes = reqs.iter().filter(|r| r.is_write).count();
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for r in &reqs {
         *by_kind
-            .entry(format!("{} {}{}", r.verb, r.resource, r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default()))
+            .entry(format!(
+                "{} {}{}",
+                r.verb,
+                r.resource,
+                r.subresource
+                    .as_deref()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default()
+            ))
             .or_default() += 1;
     }
     c.wait("latency recorded", |_| {
-        (pool_updated.lock().expect("l").is_some() && kc_ready.lock().expect("l").is_some()).then_some(())
+        (pool_updated.lock().expect("l").is_some() && kc_ready.lock().expect("l").is_some())
+            .then_some(())
     })
     .await;
     let latency = kc_ready
@@ -938,11 +1152,17 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
     let settled_writes = c.api.write_count_by("operator");
     let settled_requests = c.api.requests_by("operator").len();
 
-    println!("MEASURE full install, 3 workers: {} API requests by the operator ({} writes)", reqs.len(), writes);
+    println!(
+        "MEASURE full install, 3 workers: {} API requests by the operator ({} writes)",
+        reqs.len(),
+        writes
+    );
     for (k, n) in &by_kind {
         println!("MEASURE   {n:4}  {k}");
     }
-    println!("MEASURE settled cluster, {settle} s: {settled_writes} writes, {settled_requests} requests");
+    println!(
+        "MEASURE settled cluster, {settle} s: {settled_writes} writes, {settled_requests} requests"
+    );
     println!("MEASURE pool Updated -> KataConfig Ready: {latency:?}");
     assert_eq!(settled_writes, 0, "a settled cluster must cause no writes");
     pool_task.abort();

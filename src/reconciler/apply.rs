@@ -20,9 +20,14 @@ use crate::names::{FIELD_MANAGER, FINALIZER, KATA_ROLE_LABEL};
 use super::decide::{Action, Desired, Kind};
 use super::error::Error;
 
-/// True when `observed` is missing or differs from `desired` in any field `desired` sets.
-/// Fields set by others (status, MCO-written `spec.configuration`, extra labels) are ignored,
-/// so an object we applied before compares equal and is not written again.
+/// Maps whose exact key set carries meaning (selectors, overhead): a key added by someone else
+/// changes behaviour, so it is drift even though we never set it.
+const STRICT_MAPS: [&str; 3] = ["matchLabels", "nodeSelector", "podFixed"];
+
+/// True when `observed` is missing or differs from `desired` in any field `desired` sets (or
+/// has extra keys in a selector-like map). Fields set by others elsewhere (status,
+/// MCO-written `spec.configuration`, extra metadata labels) are ignored, so an object we applied
+/// before compares equal and is not written again.
 pub fn needs_apply<T: Serialize>(desired: &T, observed: Option<&T>) -> bool {
     let Some(observed) = observed else {
         return true;
@@ -35,25 +40,58 @@ pub fn needs_apply<T: Serialize>(desired: &T, observed: Option<&T>) -> bool {
             if let Some(map) = d.as_object_mut() {
                 map.remove("status");
             }
-            !contains(&o, &d)
+            !contains(&o, &d, false)
         }
         // Cannot compare: apply, the server decides.
         _ => true,
     }
 }
 
-/// `have` contains `want`: every key of `want` present with a contained value; lists element-wise
-/// with the same length; scalars equal.
-fn contains(have: &Value, want: &Value) -> bool {
+/// `have` contains `want`: every key of `want` present with a contained value (and no other key
+/// when `strict`); lists element-wise with the same length; scalars equal.
+fn contains(have: &Value, want: &Value, strict: bool) -> bool {
     match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
+        (Value::Object(h), Value::Object(w)) => {
+            (!strict || h.len() == w.len())
+                && w.iter().all(|(k, wv)| {
+                    h.get(k)
+                        .is_some_and(|hv| contains(hv, wv, STRICT_MAPS.contains(&k.as_str())))
+                })
+        }
         (Value::Array(h), Value::Array(w)) => {
-            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv, false))
         }
         (h, w) => h == w,
     }
+}
+
+/// A JSON merge patch removing keys someone else added to a selector-like map of ours. Server-side
+/// apply never removes fields another manager owns, so this is the only way to undo such an edit.
+pub fn foreign_keys_patch<T: Serialize>(desired: &T, observed: &T) -> Option<Value> {
+    let d = serde_json::to_value(desired).ok()?;
+    let o = serde_json::to_value(observed).ok()?;
+    nulls(&o, &d, false)
+}
+
+fn nulls(have: &Value, want: &Value, strict: bool) -> Option<Value> {
+    let (Value::Object(h), Value::Object(w)) = (have, want) else {
+        return None;
+    };
+    let mut out = serde_json::Map::new();
+    for (k, hv) in h {
+        match w.get(k) {
+            None if strict => {
+                out.insert(k.clone(), Value::Null);
+            }
+            Some(wv) => {
+                if let Some(inner) = nulls(hv, wv, STRICT_MAPS.contains(&k.as_str())) {
+                    out.insert(k.clone(), inner);
+                }
+            }
+            None => {}
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 const NODE_LISTS: [&str; 7] = [
@@ -130,6 +168,27 @@ impl Writer {
             }) if s.code == 404 => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn merge<K>(&self, name: &str, patch: &Value) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        self.call(
+            || {
+                format!(
+                    "removing foreign selector keys from {} {name}",
+                    K::kind(&())
+                )
+            },
+            api.patch(name, &PatchParams::default(), &Patch::Merge(patch)),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sets or removes the kata node-role label with a merge patch, which works whoever set it.
@@ -212,6 +271,14 @@ impl Writer {
                 Kind::ContainerRuntimeConfig => self.delete::<ContainerRuntimeConfig>(name).await,
                 Kind::RuntimeClass => self.delete::<RuntimeClass>(name).await,
             },
+            Action::RemoveForeignKeys { kind, name, patch } => match kind {
+                Kind::Pool => self.merge::<MachineConfigPool>(name, patch).await,
+                Kind::MachineConfig => self.merge::<MachineConfig>(name, patch).await,
+                Kind::ContainerRuntimeConfig => {
+                    self.merge::<ContainerRuntimeConfig>(name, patch).await
+                }
+                Kind::RuntimeClass => self.merge::<RuntimeClass>(name, patch).await,
+            },
             Action::LabelNode(n) => self.label(n, true).await,
             Action::UnlabelNode(n) => self.label(n, false).await,
         }
@@ -285,6 +352,26 @@ mod tests {
         });
         observed.status = Some(Default::default());
         assert!(!needs_apply(&desired, Some(&observed)));
+    }
+
+    #[test]
+    fn a_key_added_to_our_selector_is_drift_and_gets_a_removal_patch() {
+        let desired = objects::kata_pool();
+        let mut observed = desired.clone();
+        if let Some(ml) = observed
+            .spec
+            .node_selector
+            .as_mut()
+            .and_then(|s| s.match_labels.as_mut())
+        {
+            ml.insert("elsewhere".into(), String::new());
+        }
+        assert!(needs_apply(&desired, Some(&observed)));
+        assert_eq!(
+            foreign_keys_patch(&desired, &observed),
+            Some(json!({"spec": {"nodeSelector": {"matchLabels": {"elsewhere": null}}}}))
+        );
+        assert_eq!(foreign_keys_patch(&desired, &desired), None);
     }
 
     #[test]

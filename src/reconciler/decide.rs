@@ -15,7 +15,7 @@ use crate::names::{
 use crate::plan::progress::{self, PoolRender, Progress, ProgressInput};
 use crate::plan::{self, LabelChange, SpecError, Topology};
 
-use super::apply::needs_apply;
+use super::apply::{foreign_keys_patch, needs_apply};
 use super::events::{self, EventSpec};
 use super::observe::{Observed, has_finalizer};
 use super::status::{self, DEGRADED, IN_PROGRESS, READY, Wanted, reason};
@@ -37,6 +37,46 @@ pub enum Desired {
 }
 
 impl Desired {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Desired::Pool(_) => Kind::Pool,
+            Desired::MachineConfig(_) => Kind::MachineConfig,
+            Desired::ContainerRuntimeConfig(_) => Kind::ContainerRuntimeConfig,
+            Desired::RuntimeClass(_) => Kind::RuntimeClass,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Desired::Pool(p) => p.name_any(),
+            Desired::MachineConfig(m) => m.name_any(),
+            Desired::ContainerRuntimeConfig(c) => c.name_any(),
+            Desired::RuntimeClass(r) => r.name_any(),
+        }
+    }
+
+    /// The removal patch for keys others added, against the observed object.
+    fn foreign_keys(&self, observed: &Observed) -> Option<serde_json::Value> {
+        match self {
+            Desired::Pool(p) => observed
+                .pools
+                .get(&p.name_any())
+                .and_then(|o| foreign_keys_patch(p, o)),
+            Desired::MachineConfig(m) => observed
+                .machine_configs
+                .get(&m.name_any())
+                .and_then(|o| foreign_keys_patch(m, o)),
+            Desired::ContainerRuntimeConfig(c) => observed
+                .container_runtime_config
+                .as_ref()
+                .and_then(|o| foreign_keys_patch(c, o)),
+            Desired::RuntimeClass(r) => observed
+                .runtime_class
+                .as_ref()
+                .and_then(|o| foreign_keys_patch(r, o)),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Desired::Pool(p) => format!("MachineConfigPool {}", p.name_any()),
@@ -54,7 +94,16 @@ impl Desired {
 pub enum Action {
     AddFinalizer,
     Apply(Box<Desired>),
-    Delete { kind: Kind, name: String },
+    Delete {
+        kind: Kind,
+        name: String,
+    },
+    /// Merge patch nulling keys others added to a selector-like map of ours.
+    RemoveForeignKeys {
+        kind: Kind,
+        name: String,
+        patch: serde_json::Value,
+    },
     LabelNode(String),
     UnlabelNode(String),
     RemoveFinalizer,
@@ -252,6 +301,13 @@ fn install(obs: &Observed, desired: plan::DesiredState) -> Decision {
             repaired.push(format!("restored {}", d.describe()));
         } else {
             repaired.push(format!("re-created {}", d.describe()));
+        }
+        if let Some(patch) = d.foreign_keys(obs) {
+            actions.push(Action::RemoveForeignKeys {
+                kind: d.kind(),
+                name: d.name(),
+                patch,
+            });
         }
         actions.push(Action::Apply(Box::new(d)));
     };
@@ -595,6 +651,37 @@ pub(crate) mod tests {
                 Kind::ContainerRuntimeConfig => obs.container_runtime_config = None,
                 Kind::RuntimeClass => obs.runtime_class = None,
             },
+            Action::RemoveForeignKeys { kind, name, patch } => {
+                fn merged<T: serde::Serialize + serde::de::DeserializeOwned>(
+                    o: &T,
+                    patch: &serde_json::Value,
+                ) -> T {
+                    let mut v = serde_json::to_value(o).expect("json");
+                    json_patch::merge(&mut v, patch);
+                    serde_json::from_value(v).expect("typed")
+                }
+                match kind {
+                    Kind::Pool => {
+                        if let Some(p) = obs.pools.get_mut(name) {
+                            *p = merged(p, patch);
+                        }
+                    }
+                    Kind::MachineConfig => {
+                        if let Some(m) = obs.machine_configs.get_mut(name) {
+                            *m = merged(m, patch);
+                        }
+                    }
+                    Kind::ContainerRuntimeConfig => {
+                        obs.container_runtime_config = obs
+                            .container_runtime_config
+                            .as_ref()
+                            .map(|c| merged(c, patch))
+                    }
+                    Kind::RuntimeClass => {
+                        obs.runtime_class = obs.runtime_class.as_ref().map(|c| merged(c, patch))
+                    }
+                }
+            }
             Action::LabelNode(n) => {
                 if let Some(node) = obs.nodes.iter_mut().find(|x| &x.name == n) {
                     node.labels.insert(KATA_ROLE_LABEL.into(), String::new());
@@ -884,7 +971,7 @@ pub(crate) mod tests {
         let mut base = observed(kc(json!({"logLevel": "debug"})), three_workers());
         converge(&mut base);
         type Edit = fn(&mut Observed);
-        let cases: [(&str, Edit); 7] = [
+        let cases: [(&str, Edit); 8] = [
             ("RuntimeClass kata", |o| o.runtime_class = None),
             ("RuntimeClass kata", |o| {
                 if let Some(rc) = o.runtime_class.as_mut() {
@@ -913,6 +1000,16 @@ pub(crate) mod tests {
             ("MachineConfigPool kata-oc", |o| {
                 if let Some(p) = o.pools.get_mut(KATA_POOL) {
                     p.spec.node_selector = None;
+                }
+            }),
+            ("MachineConfigPool kata-oc", |o| {
+                if let Some(ml) = o
+                    .pools
+                    .get_mut(KATA_POOL)
+                    .and_then(|p| p.spec.node_selector.as_mut())
+                    .and_then(|s| s.match_labels.as_mut())
+                {
+                    ml.insert("elsewhere".into(), String::new());
                 }
             }),
         ];

@@ -84,6 +84,11 @@ pub fn decide(obs: &Observed) -> Decision {
     }
 
     let mut actions = Vec::new();
+    // Labels first: nodes leave `kata-oc` for `worker` (which never had kata) before the kata
+    // pool is re-rendered, so no node starts an update inside `kata-oc` first: one reboot each.
+    for node in obs.nodes.iter().filter(|n| n.has_label(KATA_ROLE_LABEL)) {
+        actions.push(Action::UnlabelNode(node.name.clone()));
+    }
     if obs.runtime_class.is_some() {
         actions.push(Action::Delete {
             kind: Kind::RuntimeClass,
@@ -101,9 +106,6 @@ pub fn decide(obs: &Observed) -> Decision {
             kind: Kind::MachineConfig,
             name: name.clone(),
         });
-    }
-    for node in obs.nodes.iter().filter(|n| n.has_label(KATA_ROLE_LABEL)) {
-        actions.push(Action::UnlabelNode(node.name.clone()));
     }
     // Progress as it will be once the labels are gone.
     let mut after = obs.clone();
