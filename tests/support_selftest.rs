@@ -480,6 +480,65 @@ async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
 }
 
 #[tokio::test]
+async fn watch_resumes_from_a_resource_version_and_expires_old_ones() {
+    use kube::api::{WatchEvent, WatchParams};
+    let fake = FakeApi::with_history(3);
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    api.create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect("create");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .expect("create");
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Changes made after the list are replayed in order.
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Added(o) => assert_eq!(o.name_any(), "b"),
+        other => panic!("expected ADDED b, got {other:?}"),
+    }
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Deleted(o) => assert_eq!(o.name_any(), "a"),
+        other => panic!("expected DELETED a, got {other:?}"),
+    }
+    // Push the list's resourceVersion out of the 3-change history: 410 Gone.
+    for i in 0..4 {
+        api.create(&PostParams::default(), &cm(&format!("x{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let mut s = api
+        .watch(&WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match s.try_next().await.expect("ok").expect("event") {
+        WatchEvent::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            assert!(
+                e.message.contains("too old resource version"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
     let fake = FakeApi::new();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
@@ -542,6 +601,34 @@ async fn injected_faults_fail_the_next_matching_requests_only() {
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
 
+    // "resource/sub" faults hit only the subresource.
+    let kc: Api<KataConfig> = Api::all(fake.client());
+    kc.create(&PostParams::default(), &kata("k"))
+        .await
+        .expect("create");
+    fake.inject(Fault::on(
+        "patch",
+        "kataconfigs/status",
+        FaultKind::Status(503),
+        1,
+    ));
+    kc.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await
+    .expect("main resource unaffected");
+    let e = kc
+        .patch_status(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {}})),
+        )
+        .await
+        .expect_err("503");
+    assert_eq!(api_code(e), (503, "ServiceUnavailable".into()));
+
     fake.inject(Fault::any(FaultKind::Timeout(Duration::from_millis(5)), 1));
     assert_eq!(
         api_code(api.get("a").await.expect_err("timeout")),
@@ -579,10 +666,11 @@ async fn request_log_records_verbs_resources_and_writes() {
         .expect("create");
     kc.get("k").await.expect("get");
     kc.list(&ListParams::default()).await.expect("list");
+    let status = json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "metadata": {"name": "k"}, "status": {}});
     kc.patch_status(
         "k",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {}})),
+        &PatchParams::apply("me").force(),
+        &Patch::Apply(status),
     )
     .await
     .expect("status");
@@ -597,6 +685,9 @@ async fn request_log_records_verbs_resources_and_writes() {
             .all(|r| r.group == "kataconfiguration.openshift.io" && r.resource == "kataconfigs")
     );
     assert_eq!(log[3].subresource.as_deref(), Some("status"));
+    assert_eq!(log[3].patch_type.as_deref(), Some("apply"));
+    assert_eq!(log[3].field_manager.as_deref(), Some("me"));
+    assert_eq!(log[0].patch_type, None);
     assert_eq!(log[1].name.as_deref(), Some("k"));
     assert_eq!(fake.write_count(), 3);
     assert_eq!(fake.write_count_by("operator"), 3);
@@ -1010,5 +1101,131 @@ async fn sim_survives_api_faults_by_retrying() {
         failed_patches >= 4,
         "2 failed + 2 successful node patches, got {failed_patches}"
     );
+    sim.stop().await;
+}
+
+// ---------- envtest tier ----------
+
+use support::envtest;
+
+#[test]
+fn envtest_skips_with_one_clear_line_without_assets() {
+    assert_eq!(
+        envtest::locate_assets(None),
+        Err(envtest::SKIP_MESSAGE.to_string())
+    );
+    assert_eq!(
+        envtest::locate_assets(Some("".as_ref())),
+        Err(envtest::SKIP_MESSAGE.to_string())
+    );
+    let empty = tempfile::tempdir().expect("tempdir");
+    let why = envtest::locate_assets(Some(empty.path().as_os_str())).expect_err("no binaries");
+    assert!(why.starts_with(envtest::SKIP_MESSAGE), "{why}");
+    assert!(why.contains("has no kube-apiserver and no etcd"), "{why}");
+    assert!(!why.contains('\n'), "one line");
+}
+
+#[test]
+fn envtest_crds_are_the_shared_platform_ones_plus_kataconfig() {
+    let crds = envtest::EnvTest::crds().expect("CRDs load");
+    let names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "machineconfigs.machineconfiguration.openshift.io",
+            "machineconfigpools.machineconfiguration.openshift.io",
+            "containerruntimeconfigs.machineconfiguration.openshift.io",
+            "kataconfigs.kataconfiguration.openshift.io",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn envtest_reports_a_server_that_dies_and_leaves_no_process_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    let assets = tempfile::tempdir().expect("tempdir");
+    let script = |name: &str, body: &str| {
+        let path = assets.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write stub");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    // etcd stays up (and says where it is); kube-apiserver rejects its flags.
+    script(
+        "etcd",
+        "echo $$ > \"$(dirname \"$0\")/etcd.pid\"; exec sleep 60",
+    );
+    script(
+        "kube-apiserver",
+        "echo 'stub apiserver: unknown flag' >&2; exit 3",
+    );
+    assert!(envtest::locate_assets(Some(assets.path().as_os_str())).is_ok());
+    let err = match envtest::start_with_assets(assets.path()).await {
+        Ok(_) => panic!("a stub cannot serve"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("kube-apiserver exited before the API server was ready"),
+        "{err}"
+    );
+    assert!(err.contains("stub apiserver: unknown flag"), "{err}");
+    let pid = std::fs::read_to_string(assets.path().join("etcd.pid")).expect("etcd stub ran");
+    let proc_dir = format!("/proc/{}", pid.trim());
+    assert!(
+        !std::path::Path::new(&proc_dir).exists(),
+        "etcd ({proc_dir}) was killed and reaped"
+    );
+}
+
+/// The real tier: runs only when KUBEBUILDER_ASSETS provides kube-apiserver and etcd.
+#[tokio::test]
+async fn envtest_real_server_runs_the_mco_simulator() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    let client = env.client.clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mcs: Api<sandboxed_containers_operator::api::MachineConfig> = Api::all(client.clone());
+    for n in ["worker-0", "worker-1"] {
+        let node: Node =
+            serde_json::from_value(node(n, json!({"node-role.kubernetes.io/worker": ""})))
+                .expect("node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+    let worker_mc = serde_json::from_value(mc("00-worker", "worker")).expect("mc");
+    mcs.create(&PostParams::default(), &worker_mc)
+        .await
+        .expect("create mc");
+    let sim = McoSimulator::spawn(
+        client.clone(),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let pools: Api<MachineConfigPool> = Api::all(client.clone());
+    let mut settled = false;
+    for _ in 0..600 {
+        let p = pools.get("worker").await.expect("pool");
+        if p.status.as_ref().is_some_and(|s| {
+            s.machine_count == 2 && s.updated_machine_count == 2 && s.condition_true("Updated")
+        }) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "worker pool settles on a real API server");
+    let kc: Api<KataConfig> = Api::all(client);
+    kc.create(&PostParams::default(), &kata("example"))
+        .await
+        .expect("KataConfig CRD served");
     sim.stop().await;
 }

@@ -1,6 +1,345 @@
-//! The envtest-convention real API server tier (filled in below the fake tier).
+//! The envtest-convention real API server tier: etcd + kube-apiserver from `KUBEBUILDER_ASSETS`.
+//!
+//! `start()` returns `None` (and prints one line saying how to enable it) when the binaries are
+//! not available, so tests written against it skip cleanly on machines without them. When they
+//! are available the tier is wanted, so a failure to start is a test failure with the reason.
+//!
+//! The server listens on loopback only, serves a certificate from a throwaway CA, authenticates
+//! one admin token (group `system:masters`) from a static token file and authorizes with RBAC.
+//! The MachineConfig, MachineConfigPool and ContainerRuntimeConfig CRDs (the real OpenShift
+//! ones from ../shared/crds) and our KataConfig CRD are installed and established.
 
-/// Placeholder until the real tier lands: always skipped.
-pub async fn start() -> Option<()> {
-    None
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+pub const SKIP_MESSAGE: &str = "envtest tier skipped: set KUBEBUILDER_ASSETS to a folder with kube-apiserver and etcd (Debian package etcd-server provides etcd)";
+
+/// The admin bearer token of the static token file.
+pub const ADMIN_TOKEN: &str = "envtest-admin-token";
+
+/// Upper bound on waiting for the server and CRDs: a hang guard, not a timing expectation.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running etcd + kube-apiserver pair; both processes are killed when this is dropped.
+pub struct EnvTest {
+    /// Admin client (token + the test CA).
+    pub client: kube::Client,
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// PEM of the CA that signed the serving certificate.
+    pub ca_pem: String,
+    pub token: String,
+    /// Where data, certificates and the two processes' logs live.
+    pub dir: PathBuf,
+    etcd: Child,
+    apiserver: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for EnvTest {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start the tier from `KUBEBUILDER_ASSETS`, or print [`SKIP_MESSAGE`] and return `None`.
+pub async fn start() -> Option<EnvTest> {
+    let assets = match locate_assets(std::env::var_os("KUBEBUILDER_ASSETS").as_deref()) {
+        Ok(dir) => dir,
+        Err(why) => {
+            eprintln!("{why}");
+            return None;
+        }
+    };
+    match start_with_assets(&assets).await {
+        Ok(env) => Some(env),
+        Err(e) => panic!(
+            "envtest: KUBEBUILDER_ASSETS={} is set but the API server did not start: {e:#}",
+            assets.display()
+        ),
+    }
+}
+
+/// The assets folder if it holds both binaries; otherwise the one-line skip message.
+pub fn locate_assets(value: Option<&OsStr>) -> Result<PathBuf, String> {
+    let Some(dir) = value.filter(|v| !v.is_empty()) else {
+        return Err(SKIP_MESSAGE.to_string());
+    };
+    let dir = PathBuf::from(dir);
+    let missing: Vec<&str> = ["kube-apiserver", "etcd"]
+        .into_iter()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{SKIP_MESSAGE} ({} has no {})",
+            dir.display(),
+            missing.join(" and no ")
+        ))
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Bind-then-release: the small window before the child binds is acceptable for tests.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Serving certificate for 127.0.0.1/localhost and the first service IP, from a fresh CA.
+fn certificates(dir: &Path) -> anyhow::Result<String> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "envtest-ca");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "10.0.0.1".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kube-apiserver");
+    let cert = params.signed_by(&key, &issuer)?;
+    fs::write(dir.join("apiserver.crt"), cert.pem())?;
+    fs::write(dir.join("apiserver.key"), key.serialize_pem())?;
+    fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    // Service-account token signing key (ECDSA P-256, PKCS#8); the same file verifies.
+    fs::write(dir.join("sa.key"), KeyPair::generate()?.serialize_pem())?;
+    Ok(ca_cert.pem())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// Fail if either process has already exited.
+fn check_alive(children: &mut [(&str, &mut Child, &Path)]) -> anyhow::Result<()> {
+    for (name, child, log) in children.iter_mut() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{name} exited before the API server was ready ({status}); last output: {}",
+                log_tail(log)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Start etcd and kube-apiserver from `assets`, wait for readiness and install the CRDs.
+pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
+    let tmp = tempfile::Builder::new().prefix("envtest-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let ca_pem = certificates(&dir)?;
+    fs::write(
+        dir.join("tokens.csv"),
+        format!("{ADMIN_TOKEN},envtest-admin,envtest-admin,\"system:masters\"\n"),
+    )?;
+    let (client_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let d = |f: &str| dir.join(f).display().to_string();
+    let etcd_args: Vec<String> = vec![
+        format!("--data-dir={}", d("etcd")),
+        "--name=envtest".into(),
+        format!("--listen-client-urls={etcd_url}"),
+        format!("--advertise-client-urls={etcd_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=envtest={peer_url}"),
+    ];
+    let url = format!("https://127.0.0.1:{secure_port}");
+    let apiserver_args: Vec<String> = vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={secure_port}"),
+        format!("--cert-dir={}", d("certs")),
+        format!("--tls-cert-file={}", d("apiserver.crt")),
+        format!("--tls-private-key-file={}", d("apiserver.key")),
+        format!("--token-auth-file={}", d("tokens.csv")),
+        "--authorization-mode=RBAC".into(),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        format!("--service-account-issuer={url}"),
+        format!("--service-account-key-file={}", d("sa.key")),
+        format!("--service-account-signing-key-file={}", d("sa.key")),
+        "--disable-admission-plugins=ServiceAccount".into(),
+        "--allow-privileged=true".into(),
+    ];
+    let (etcd_log, api_log) = (dir.join("etcd.log"), dir.join("kube-apiserver.log"));
+    let client = client_for(&url, &ca_pem, ADMIN_TOKEN).await?;
+    let mut etcd = spawn(&assets.join("etcd"), &etcd_args, &etcd_log)?;
+    let apiserver = match spawn(&assets.join("kube-apiserver"), &apiserver_args, &api_log) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+            return Err(e);
+        }
+    };
+    // From here on the handle owns the processes, so every early return kills them.
+    let mut env = EnvTest {
+        client,
+        url,
+        ca_pem,
+        token: ADMIN_TOKEN.to_string(),
+        dir,
+        etcd,
+        apiserver,
+        _tmp: tmp,
+    };
+    env.wait_ready(&etcd_log, &api_log).await?;
+    env.install_crds().await?;
+    Ok(env)
+}
+
+/// A client for `url` trusting `ca_pem` and sending `token`.
+pub async fn client_for(url: &str, ca_pem: &str, token: &str) -> anyhow::Result<kube::Client> {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let kubeconfig = Kubeconfig::from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: envtest\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: envtest\ncurrent-context: envtest\n"
+    ))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+impl EnvTest {
+    async fn wait_ready(&mut self, etcd_log: &Path, api_log: &Path) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            check_alive(&mut [
+                ("etcd", &mut self.etcd, etcd_log),
+                ("kube-apiserver", &mut self.apiserver, api_log),
+            ])?;
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            match self.client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                last => {
+                    if tokio::time::Instant::now() > deadline {
+                        bail!(
+                            "kube-apiserver not ready after {READY_TIMEOUT:?} (last answer: {last:?}); last output: {}",
+                            log_tail(api_log)
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The platform CRDs this operator works with, plus ours.
+    pub fn crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+        // `../shared/crds` from the crate; ancestors further up too, so git worktrees find it.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shared = manifest
+            .ancestors()
+            .skip(1)
+            .map(|a| a.join("shared/crds"))
+            .find(|p| p.is_dir())
+            .with_context(|| format!("no shared/crds folder above {}", manifest.display()))?;
+        let mut crds = Vec::new();
+        for file in [
+            "0000_80_machine-config_01_machineconfigs.crd.yaml",
+            "0000_80_machine-config_01_machineconfigpools.crd.yaml",
+            "0000_80_machine-config_01_containerruntimeconfigs-Default.crd.yaml",
+        ] {
+            let path = shared.join(file);
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("read CRD {}", path.display()))?;
+            crds.push(
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("parse CRD {}", path.display()))?,
+            );
+        }
+        crds.push(sandboxed_containers_operator::crdgen::kataconfig_crd());
+        Ok(crds)
+    }
+
+    async fn install_crds(&self) -> anyhow::Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crds = Self::crds()?;
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let mut crd = crd.clone();
+            crd.metadata.managed_fields = None;
+            api.patch(
+                &name,
+                &PatchParams::apply("envtest").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("install CRD {name}"))?;
+        }
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let version = crd
+                .spec
+                .versions
+                .first()
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            let gvk = GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind);
+            let resource = Api::<DynamicObject>::all_with(
+                self.client.clone(),
+                &ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural),
+            );
+            loop {
+                let established = api
+                    .get(&name)
+                    .await?
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                // Established can precede discovery by a moment: also wait until it is served.
+                if established && resource.list(&ListParams::default().limit(1)).await.is_ok() {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("CRD {name} not established after {READY_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
 }

@@ -32,7 +32,7 @@ use tokio::sync::broadcast;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How many past changes a watch can resume from before it gets 410 Gone.
+/// How many past changes a watch can resume from before it gets 410 Gone (by default).
 const HISTORY: usize = 20_000;
 
 /// One served resource: what the plural <-> kind table knows about it.
@@ -59,6 +59,7 @@ impl ResourceInfo {
     }
 }
 
+#[rustfmt::skip]
 fn builtin_resources() -> Vec<ResourceInfo> {
     // (group, version, plural, kind, namespaced, status subresource, create-only)
     let rows: &[(&str, &str, &str, &str, bool, bool, bool)] = &[
@@ -68,118 +69,22 @@ fn builtin_resources() -> Vec<ResourceInfo> {
         ("", "v1", "secrets", "Secret", true, false, false),
         ("", "v1", "configmaps", "ConfigMap", true, false, false),
         ("", "v1", "services", "Service", true, true, false),
-        (
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            false,
-            false,
-        ),
+        ("", "v1", "serviceaccounts", "ServiceAccount", true, false, false),
         ("", "v1", "events", "Event", true, false, false),
         ("events.k8s.io", "v1", "events", "Event", true, false, false),
         ("apps", "v1", "deployments", "Deployment", true, true, false),
         ("apps", "v1", "daemonsets", "DaemonSet", true, true, false),
-        (
-            "node.k8s.io",
-            "v1",
-            "runtimeclasses",
-            "RuntimeClass",
-            false,
-            false,
-            false,
-        ),
-        (
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            false,
-            false,
-        ),
-        (
-            "admissionregistration.k8s.io",
-            "v1",
-            "validatingwebhookconfigurations",
-            "ValidatingWebhookConfiguration",
-            false,
-            false,
-            false,
-        ),
-        (
-            "admissionregistration.k8s.io",
-            "v1",
-            "mutatingwebhookconfigurations",
-            "MutatingWebhookConfiguration",
-            false,
-            false,
-            false,
-        ),
-        (
-            "kataconfiguration.openshift.io",
-            "v1",
-            "kataconfigs",
-            "KataConfig",
-            false,
-            true,
-            false,
-        ),
-        (
-            "machineconfiguration.openshift.io",
-            "v1",
-            "machineconfigs",
-            "MachineConfig",
-            false,
-            false,
-            false,
-        ),
-        (
-            "machineconfiguration.openshift.io",
-            "v1",
-            "machineconfigpools",
-            "MachineConfigPool",
-            false,
-            true,
-            false,
-        ),
-        (
-            "machineconfiguration.openshift.io",
-            "v1",
-            "containerruntimeconfigs",
-            "ContainerRuntimeConfig",
-            false,
-            true,
-            false,
-        ),
-        (
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            false,
-            true,
-            false,
-        ),
-        (
-            "authentication.k8s.io",
-            "v1",
-            "tokenreviews",
-            "TokenReview",
-            false,
-            false,
-            true,
-        ),
-        (
-            "authorization.k8s.io",
-            "v1",
-            "subjectaccessreviews",
-            "SubjectAccessReview",
-            false,
-            false,
-            true,
-        ),
+        ("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", false, false, false),
+        ("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
+        ("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false, false, false),
+        ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false, false, false),
+        ("kataconfiguration.openshift.io", "v1", "kataconfigs", "KataConfig", false, true, false),
+        ("machineconfiguration.openshift.io", "v1", "machineconfigs", "MachineConfig", false, false, false),
+        ("machineconfiguration.openshift.io", "v1", "machineconfigpools", "MachineConfigPool", false, true, false),
+        ("machineconfiguration.openshift.io", "v1", "containerruntimeconfigs", "ContainerRuntimeConfig", false, true, false),
+        ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true, false),
+        ("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, false, true),
+        ("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, false, true),
     ];
     rows.iter()
         .map(|&(g, v, p, k, ns, st, co)| ResourceInfo {
@@ -207,6 +112,10 @@ pub struct RequestRecord {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub is_write: bool,
+    /// The `fieldManager` query parameter of a write, if any.
+    pub field_manager: Option<String>,
+    /// For patches: `apply`, `merge`, `json` or `strategic`.
+    pub patch_type: Option<String>,
     /// Which client sent it: `"operator"` for [`FakeApi::client`], else the [`FakeApi::client_as`] name.
     pub client: String,
 }
@@ -241,7 +150,8 @@ impl Fault {
             times,
         }
     }
-    /// Fail requests with this verb (`"patch"`, ...) on this plural resource (`"nodes"`, ...).
+    /// Fail requests with this verb (`"patch"`, ...) on this plural resource (`"nodes"` matches
+    /// the resource and its subresources, `"kataconfigs/status"` only the status subresource).
     pub fn on(verb: &str, resource: &str, kind: FaultKind, times: usize) -> Self {
         Fault {
             verb: Some(verb.into()),
@@ -252,7 +162,15 @@ impl Fault {
     }
     fn matches(&self, rec: &RequestRecord) -> bool {
         self.verb.as_deref().is_none_or(|v| v == rec.verb)
-            && self.resource.as_deref().is_none_or(|r| r == rec.resource)
+            && self
+                .resource
+                .as_deref()
+                .is_none_or(|r| match r.split_once('/') {
+                    Some((plural, sub)) => {
+                        plural == rec.resource && rec.subresource.as_deref() == Some(sub)
+                    }
+                    None => r == rec.resource,
+                })
     }
 }
 
@@ -312,6 +230,7 @@ struct State {
     history: VecDeque<Arc<Change>>,
     /// Watches from a resourceVersion below this get 410 Gone.
     history_floor: u64,
+    history_limit: usize,
     requests: Vec<RequestRecord>,
     faults: Vec<Fault>,
 }
@@ -613,7 +532,7 @@ impl State {
             new,
         });
         self.history.push_back(change.clone());
-        while self.history.len() > HISTORY {
+        while self.history.len() > self.history_limit {
             if let Some(c) = self.history.pop_front() {
                 self.history_floor = c.rv;
             }
@@ -780,6 +699,11 @@ impl State {
 
 impl FakeApi {
     pub fn new() -> Self {
+        Self::with_history(HISTORY)
+    }
+
+    /// A fake that keeps only `limit` past changes, so resuming an older watch gets 410 Gone.
+    pub fn with_history(limit: usize) -> Self {
         let (tx, _) = broadcast::channel(4096);
         FakeApi {
             inner: Arc::new(Inner {
@@ -790,6 +714,7 @@ impl FakeApi {
                     objects: BTreeMap::new(),
                     history: VecDeque::new(),
                     history_floor: 0,
+                    history_limit: limit,
                     requests: Vec::new(),
                     faults: Vec::new(),
                 }),
@@ -1102,8 +1027,26 @@ impl FakeApi {
                 ));
             }
         };
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let patch_type = (verb == "patch").then(|| {
+            let t = match content_type.as_str() {
+                c if c.starts_with("application/apply-patch") => "apply",
+                c if c.starts_with("application/merge-patch") => "merge",
+                c if c.starts_with("application/json-patch") => "json",
+                c if c.starts_with("application/strategic-merge-patch") => "strategic",
+                _ => "unknown",
+            };
+            t.to_string()
+        });
         let record = RequestRecord {
             verb: verb.into(),
+            field_manager: query.get("fieldManager").cloned(),
+            patch_type,
             group: target.res.group.clone(),
             resource: target.res.plural.clone(),
             subresource: target.sub.clone(),
@@ -1161,12 +1104,6 @@ impl FakeApi {
                 format!("{} only supports create", target.res.plural),
             ));
         }
-        let content_type = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
         let bytes = match body.collect_bytes().await {
             Ok(b) => b,
             Err(e) => return err_response(&err(400, "BadRequest", format!("reading body: {e}"))),
@@ -1416,7 +1353,7 @@ impl FakeApi {
                 let p = Self::parse_body(bytes)?;
                 if apply {
                     let body_name = p["metadata"]["name"].as_str().unwrap_or("");
-                    if body_name != name {
+                    if !body_name.is_empty() && body_name != name {
                         return Err(err(
                             400,
                             "BadRequest",
@@ -1446,7 +1383,7 @@ impl FakeApi {
             ));
         }
         // Optimistic concurrency: a resourceVersion in the body must match.
-        let sent_rv = if how == "update" || how.starts_with("application/merge-patch") {
+        let sent_rv = if !how.starts_with("application/json-patch") {
             Self::parse_body(bytes)?["metadata"]["resourceVersion"]
                 .as_str()
                 .map(String::from)
@@ -1467,6 +1404,39 @@ impl FakeApi {
         }
         if how == "update" && existing.is_none() {
             return Err(not_found(&t.res, &name));
+        }
+        // Identity is the URL's, whatever the patch said.
+        new["apiVersion"] = json!(t.res.api_version());
+        new["kind"] = json!(t.res.kind);
+        new["metadata"]["name"] = json!(name);
+        if let Some(ns) = &t.namespace {
+            new["metadata"]["namespace"] = json!(ns);
+        }
+        if let Some(old) = existing
+            .as_ref()
+            .filter(|o| !o["metadata"]["deletionTimestamp"].is_null())
+        {
+            let had = |f: &Value| {
+                old["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|a| a.contains(f))
+            };
+            if let Some(f) = new["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| !had(f))
+            {
+                return Err(err(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{} \"{name}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{}]",
+                        t.res.kind,
+                        f.as_str().unwrap_or("")
+                    ),
+                ));
+            }
         }
         // Subresource isolation, as the real server does it.
         if let Some(old) = &existing {

@@ -7,7 +7,7 @@
 //!
 //! Not simulated: rendered MachineConfig objects (only their names), drain, node Ready.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
+use sandboxed_containers_operator::api::mco::PoolConfiguration;
 use sandboxed_containers_operator::api::{MachineConfig, MachineConfigPool};
 use sandboxed_containers_operator::names::{
     MASTER_POOL, MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE, WORKER_POOL,
@@ -341,6 +342,7 @@ impl Sim {
         let pool_api = Api::<MachineConfigPool>::all(self.client.clone());
         let degraded = lock(&self.shared).degraded.clone();
         let mut result = Ok(());
+        let mut seen = HashSet::new();
         for pool in pools {
             let pname = pool.name_any();
             // Render: the pool's MachineConfigs, by its selector.
@@ -356,20 +358,22 @@ impl Sim {
                 "name": target,
                 "source": names.iter().map(|n| json!({"apiVersion": MC_API_VERSION, "kind": "MachineConfig", "name": n})).collect::<Vec<_>>(),
             });
-            let current = serde_json::to_value(&pool.spec.configuration).unwrap_or(Value::Null);
-            if current != configuration {
-                if let Err(e) = pool_api
+            // Compare typed, so an empty source list and an absent one are the same rendering.
+            let wanted: Option<PoolConfiguration> =
+                serde_json::from_value(configuration.clone()).ok();
+            let stale = pool.spec.configuration != wanted;
+            if stale
+                && let Err(e) = pool_api
                     .patch(
                         &pname,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"spec": {"configuration": configuration}})),
                     )
                     .await
-                {
-                    result =
-                        Err(e).with_context(|| format!("write spec.configuration of pool {pname}"));
-                    continue;
-                }
+            {
+                result =
+                    Err(e).with_context(|| format!("write spec.configuration of pool {pname}"));
+                continue;
             }
             // The pool's nodes, by name.
             let mut members: Vec<&Node> = nodes
@@ -378,6 +382,7 @@ impl Sim {
                 .filter(|n| pool_of(n, pools).is_some_and(|p| p.name_any() == pname))
                 .collect();
             members.sort_by_key(|n| n.name_any());
+            seen.extend(members.iter().map(|n| n.name_any()));
             if let Err(e) = self
                 .walk(&members, &target, pool.spec.paused == Some(true), &degraded)
                 .await
@@ -410,6 +415,8 @@ impl Sim {
                 }
             }
         }
+        // Forget timers of nodes that left every pool or disappeared.
+        self.working.retain(|n, _| seen.contains(n));
         result
     }
 
@@ -468,8 +475,12 @@ impl Sim {
                     .await?;
                     self.working.remove(&name);
                 }
-            } else if cur != target && next.is_none() {
-                next = Some(name);
+            } else {
+                // Settled (perhaps by someone else): no timer to keep.
+                self.working.remove(&name);
+                if cur != target && next.is_none() {
+                    next = Some(name);
+                }
             }
         }
         if let (false, false, Some(name)) = (busy, paused, next) {
