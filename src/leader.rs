@@ -172,13 +172,16 @@ enum Exit {
     Lost(String),
 }
 
+/// What identifies one renewal of the Lease: holder and renewTime.
+type LeaseRecord = (Option<String>, Option<MicroTime>);
+
 struct Elector {
     api: Api<Lease>,
     namespace: String,
     identity: String,
     config: LeaderConfig,
     /// Last Lease record seen (holder, renewTime) and when it was first seen locally.
-    seen: Option<((Option<String>, Option<MicroTime>), Instant)>,
+    seen: Option<(LeaseRecord, Instant)>,
 }
 
 impl Elector {
