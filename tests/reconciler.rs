@@ -703,6 +703,66 @@ async fn crash_at_each_install_write_resumes_to_the_same_end_state() {
 }
 
 #[tokio::test]
+async fn crash_at_each_uninstall_write_resumes_to_a_clean_cluster() {
+    // Unlabel x3, RuntimeClass, ContainerRuntimeConfig, 2 MachineConfigs, status, pool, finalizer.
+    for n in 1..=10 {
+        let c = cluster(3).await;
+        let op = c.start_operator();
+        c.create_kc("example", json!({"logLevel": "debug"})).await;
+        c.wait_ready("example").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let base = c.api.write_count_by("operator");
+        c.delete_kc("example").await;
+        c.wait(&format!("{n} uninstall writes"), |c| {
+            (c.api.write_count_by("operator") >= base + n || c.kc("example").is_none())
+                .then_some(())
+        })
+        .await;
+        op.crash().await;
+        let op = c.start_operator();
+        c.wait(
+            &format!("KataConfig gone after a crash at write {n}"),
+            |c| c.kc("example").is_none().then_some(()),
+        )
+        .await;
+        c.assert_clean();
+        op.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_joining_later_gets_kata() {
+    let c = cluster(2).await;
+    let op = c.start_operator();
+    c.create_kc("example", json!({})).await;
+    c.wait_ready("example").await;
+    Api::<Node>::all(c.admin())
+        .create(
+            &PostParams::default(),
+            &node("w9", &[(WORKER_ROLE_LABEL, "")]),
+        )
+        .await
+        .expect("new node");
+    c.wait("w9 installed", |c| {
+        let st = c.kc("example")?.status?;
+        (st.kata_nodes.installed == ["w0", "w1", "w9"] && c.is_ready("example")).then_some(())
+    })
+    .await;
+    assert_eq!(c.kata_labelled(), ["w0", "w1", "w9"]);
+    // And leaving the cluster removes it from the status.
+    Api::<Node>::all(c.admin())
+        .delete("w9", &DeleteParams::default())
+        .await
+        .expect("node removed");
+    c.wait("w9 gone from status", |c| {
+        let st = c.kc("example")?.status?;
+        (st.kata_nodes.installed == ["w0", "w1"] && st.kata_nodes.node_count == 2).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
 async fn converged_cluster_installs_on_the_master_pool() {
     let c = cluster(0).await;
     let op = c.start_operator();
@@ -895,7 +955,10 @@ async fn api_errors_back_off_and_converge() {
     let errors = |cat: &str| op.metrics.api_errors.with_label_values(&[cat]).get();
     assert!(errors("server") >= 1, "500s counted");
     assert!(errors("throttled") >= 1, "429s counted");
-    assert!(errors("timeout") + errors("server") >= 2, "timeout counted");
+    assert!(
+        errors("timeout") >= 1,
+        "hung request cut by the request timeout"
+    );
     assert!(
         op.metrics
             .reconciliations

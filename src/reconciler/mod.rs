@@ -181,8 +181,21 @@ async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Er
     }
 }
 
+/// Waits for a cache, but never longer than one request timeout: a cache that cannot sync
+/// (missing CRD, RBAC) must not wedge the controller; the error is retried with backoff and
+/// the cache's own first sync triggers a reconcile anyway.
+async fn bounded<T>(
+    ctx: &Context,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(ctx.config.request_timeout, fut)
+        .await
+        .unwrap_or(Err(Error::CacheNotReady(what)))
+}
+
 async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Error> {
-    ctx.caches.wait_until_ready().await?;
+    bounded(ctx, "cluster", ctx.caches.wait_until_ready()).await?;
     let all = ctx.kata_configs.state();
     let now = Time(jiff::Timestamp::now());
     let mut obs = ctx.caches.snapshot(kc, &all, now);
@@ -190,7 +203,7 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
         && observe::has_finalizer(kc)
         && obs.active.as_deref() == Some(kc.name_any().as_str());
     if uninstalling {
-        obs.pods = Some(ctx.caches.kata_pods().await?);
+        obs.pods = Some(bounded(ctx, "pods", ctx.caches.kata_pods()).await?);
     }
     let d = decide(&obs);
     tracing::debug!(kataconfig = %kc.name_any(), outcome = ?d.outcome, actions = d.actions.len(), "decided");
