@@ -294,6 +294,7 @@ fn kata_pod(ns: &str, name: &str, phase: &str) -> Pod {
 async fn first_install_labels_nodes_rolls_out_then_creates_runtime_class() {
     let c = cluster(3).await;
     let op = c.start_operator();
+    c.api.clear_requests();
     c.create_kc("example", json!({"logLevel": "debug"})).await;
     c.wait_ready("example").await;
 
@@ -349,6 +350,18 @@ async fn first_install_labels_nodes_rolls_out_then_creates_runtime_class() {
         rc_write > last_node_done,
         "RuntimeClass before the rollout finished"
     );
+    // Nodes join kata-oc only once it renders kata: one update (Working, Done) per node.
+    let mut updates: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &reqs {
+        if r.client == "mco-sim" && r.resource == "nodes" && r.is_write {
+            *updates
+                .entry(r.name.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+    }
+    for w in ["w0", "w1", "w2"] {
+        assert_eq!(updates.get(w).copied(), Some(2), "{w}: {updates:?}");
+    }
 
     assert_eq!(c.events("Installing").len(), 1, "one event per transition");
     assert_eq!(c.events("Installed").len(), 1);

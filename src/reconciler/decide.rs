@@ -349,10 +349,15 @@ fn install(obs: &Observed, desired: plan::DesiredState) -> Decision {
     // Progress as it will be once the label changes land, so a newly selected node shows up as
     // waiting at once instead of after the next event.
     let mut nodes = obs.nodes.clone();
+    // Nodes join `kata-oc` only once the MCO has rendered it with both kata MachineConfigs, so
+    // no node starts an update to an intermediate rendering: one reboot per node.
+    let pool_renders_kata = pool_render(obs, KATA_POOL).is_some_and(|r| r.has_kata);
     for change in &desired.selection.label_changes {
         match change {
             LabelChange::Add { node, .. } => {
-                actions.push(Action::LabelNode(node.clone()));
+                if pool_renders_kata {
+                    actions.push(Action::LabelNode(node.clone()));
+                }
                 if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
                     n.labels.insert(KATA_ROLE_LABEL.to_string(), String::new());
                 }
@@ -765,7 +770,44 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn first_reconcile_adds_finalizer_pool_mcs_and_labels_but_no_runtime_class() {
+    fn nodes_are_labelled_only_once_the_pool_renders_kata() {
+        let mut obs = observed(kc(json!({})), three_workers());
+        let d = decide(&obs);
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::LabelNode(_))));
+        apply_all(&mut obs, &d);
+        // Pool rendered without the kata MachineConfigs yet: still no labels.
+        if let Some(p) = obs.pools.get_mut(KATA_POOL) {
+            p.spec.configuration = Some(PoolConfiguration {
+                name: Some("rendered-kata-oc-partial".into()),
+                source: vec![ObjectReferenceLite {
+                    name: Some(EXTENSION_MC.into()),
+                    ..Default::default()
+                }],
+            });
+        }
+        let d = decide(&obs);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(
+            d.reported
+                .as_ref()
+                .map(|s| s.kata_nodes.waiting_to_install.clone()),
+            Some(vec!["w0".to_string(), "w1".into(), "w2".into()])
+        );
+        mco_settle(&mut obs);
+        let d = decide(&obs);
+        let labels: Vec<_> = d
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::LabelNode(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(labels, ["w0", "w1", "w2"]);
+    }
+
+    #[test]
+    fn first_reconcile_adds_finalizer_pool_and_mcs_but_no_runtime_class() {
         let obs = observed(kc(json!({})), three_workers());
         let d = decide(&obs);
         assert_eq!(d.actions[0], Action::AddFinalizer);
@@ -784,9 +826,6 @@ pub(crate) mod tests {
                 "MachineConfigPool kata-oc",
                 "MachineConfig 50-enable-sandboxed-containers-extension",
                 "MachineConfig 50-kata-crio-dropin",
-                "label w0",
-                "label w1",
-                "label w2"
             ]
         );
         assert_eq!(d.outcome, Outcome::Installing);
@@ -807,6 +846,10 @@ pub(crate) mod tests {
     #[test]
     fn runtime_class_comes_with_the_rollout_and_then_nothing_is_written() {
         let mut obs = observed(kc(json!({})), three_workers());
+        let d = decide(&obs);
+        apply_all(&mut obs, &d);
+        mco_settle(&mut obs);
+        // The pool renders kata: the nodes join it.
         let d = decide(&obs);
         apply_all(&mut obs, &d);
         // Pool rendered but still updating: no RuntimeClass yet.

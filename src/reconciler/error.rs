@@ -58,6 +58,11 @@ impl Error {
         }
     }
 
+    /// Whether the API server (or the way to it) failed, as opposed to our own state.
+    pub fn is_api(&self) -> bool {
+        matches!(self, Error::Kube { .. } | Error::Timeout { .. })
+    }
+
     pub fn retry(&self) -> Retry {
         match self.category() {
             "conflict" | "not_found" => Retry::Soon,
@@ -147,6 +152,23 @@ mod tests {
             Error::CacheNotReady("nodes").to_string(),
             "the nodes watch cache has not synced yet; retrying"
         );
+    }
+
+    #[test]
+    fn serialization_failures_name_the_object_and_are_not_api_errors() {
+        let source = serde_json::from_str::<serde_json::Value>("{").expect_err("invalid json");
+        let e = Error::Serialize {
+            what: "status of KataConfig example".into(),
+            source,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("serializing status of KataConfig example: ")
+        );
+        assert_eq!(e.category(), "internal");
+        assert!(!e.is_api());
+        assert!(!Error::CacheNotReady("pods").is_api());
+        assert!(api(500).is_api());
     }
 
     #[test]

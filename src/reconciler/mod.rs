@@ -172,10 +172,12 @@ async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Er
             Ok(Requeue::await_change())
         }
         Err(e) => {
-            ctx.metrics
-                .api_errors
-                .with_label_values(&[e.category()])
-                .inc();
+            if e.is_api() {
+                ctx.metrics
+                    .api_errors
+                    .with_label_values(&[e.category()])
+                    .inc();
+            }
             Err(e)
         }
     }

@@ -390,12 +390,37 @@ mod tests {
         );
         let mut reference = fresh.clone();
         converge(&mut reference);
-        let total = 8; // finalizer, pool, 2 MCs, CRC, 3 labels (+ RuntimeClass later)
+        // Every action of the whole install, in order.
+        let mut total = 0;
+        {
+            let mut obs = fresh.clone();
+            for _ in 0..10 {
+                let d = decide_any(&obs);
+                total += d.actions.len();
+                apply_all(&mut obs, &d);
+                mco_settle(&mut obs);
+            }
+        }
+        assert!(
+            total >= 9,
+            "finalizer, pool, 2 MCs, CRC, 3 labels, RuntimeClass: {total}"
+        );
         for crash_after in 0..=total {
             let mut obs = fresh.clone();
-            let d = decide_any(&obs);
-            for a in d.actions.iter().take(crash_after) {
-                crate::reconciler::decide::tests::apply_one(&mut obs, a);
+            let mut done = 0;
+            'run: for _ in 0..10 {
+                let d = decide_any(&obs);
+                for a in &d.actions {
+                    if done == crash_after {
+                        break 'run;
+                    }
+                    crate::reconciler::decide::tests::apply_one(&mut obs, a);
+                    done += 1;
+                }
+                if let Some(s) = &d.status {
+                    obs.kata_config.status = Some(s.clone());
+                }
+                mco_settle(&mut obs);
             }
             mco_settle(&mut obs);
             converge(&mut obs);
