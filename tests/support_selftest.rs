@@ -818,7 +818,7 @@ fn mc(name: &str, role: &str) -> Value {
 
 fn kata_pool() -> Value {
     json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
-    "metadata": {"name": "kata-oc"},
+    "metadata": {"name": "kata-oc", "labels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
     "spec": {
         "machineConfigSelector": {"matchExpressions": [{"key": "machineconfiguration.openshift.io/role", "operator": "In", "values": ["kata-oc", "worker"]}]},
         "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/kata-oc": ""}},
@@ -911,7 +911,11 @@ async fn sim_seeds_a_settled_cluster_and_then_writes_nothing() {
         )
         .await
         .expect("label");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rv = fake.resource_version();
+    eventually("sim acted on the label change", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
     assert_eq!(
         fake.write_count_by("mco-sim"),
         0,
@@ -1058,7 +1062,11 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
     } else {
         "worker-0"
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rv = fake.resource_version();
+    eventually("sim acted on the degraded state", || {
+        sim.seen_resource_version() >= rv
+    })
+    .await;
     assert_eq!(ann(&fake, working, MCO_STATE).as_deref(), Some("Degraded"));
     assert_eq!(ann(&fake, other, MCO_CURRENT_CONFIG), Some(before.clone()));
     assert_eq!(ann(&fake, other, MCO_STATE).as_deref(), Some("Done"));
@@ -1157,9 +1165,10 @@ async fn envtest_reports_a_server_that_dies_and_leaves_no_process_behind() {
         "etcd",
         "echo $$ > \"$(dirname \"$0\")/etcd.pid\"; exec sleep 60",
     );
+    // It fails only once etcd is up, so the test also proves etcd gets stopped.
     script(
         "kube-apiserver",
-        "echo 'stub apiserver: unknown flag' >&2; exit 3",
+        "for i in $(seq 1 400); do [ -f \"$(dirname \"$0\")/etcd.pid\" ] && break; sleep 0.05; done\necho 'stub apiserver: unknown flag' >&2; exit 3",
     );
     assert!(envtest::locate_assets(Some(assets.path().as_os_str())).is_ok());
     let err = match envtest::start_with_assets(assets.path()).await {
@@ -1227,5 +1236,406 @@ async fn envtest_real_server_runs_the_mco_simulator() {
     kc.create(&PostParams::default(), &kata("example"))
         .await
         .expect("KataConfig CRD served");
+    sim.stop().await;
+}
+
+/// kube's own Controller and finalizer helper (JSON patch with a `test` op) run against the fake.
+#[tokio::test]
+async fn kube_controller_with_finalizer_helper_runs_against_the_fake() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    use std::sync::Arc;
+    let fake = FakeApi::new();
+    let api: Api<KataConfig> = Api::all(fake.client());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let reconcile = |obj: Arc<KataConfig>, api: Arc<Api<KataConfig>>| async move {
+        finalizer(&api, "kataconfiguration.openshift.io/finalizer", obj, |ev| async {
+            match ev {
+                Finalizer::Apply(o) => {
+                    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                    api.patch_status(&o.name_any(), &PatchParams::default(), &Patch::Merge(status)).await?;
+                    Ok(Action::await_change())
+                }
+                Finalizer::Cleanup(_) => Ok::<_, kube::Error>(Action::await_change()),
+            }
+        })
+        .await
+    };
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .graceful_shutdown_on(cancel.clone().cancelled_owned())
+        .run(
+            reconcile,
+            |_, _, _| Action::requeue(Duration::from_millis(50)),
+            Arc::new(api.clone()),
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    api.create(&PostParams::default(), &kata("example"))
+        .await
+        .expect("create");
+    eventually("finalizer added and status written", || {
+        fake.get::<KataConfig>("example")
+            .is_some_and(|k| k.finalizers().len() == 1 && k.status.is_some())
+    })
+    .await;
+    api.delete("example", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("finalizer removed, object gone", || {
+        fake.get::<KataConfig>("example").is_none()
+    })
+    .await;
+    cancel.cancel();
+    task.await.expect("controller ends");
+}
+
+async fn raw(
+    fake: &FakeApi,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+        .expect("request");
+    let resp = fake.serve(req, "raw").await;
+    let code = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_requests_get_real_status_bodies_naming_the_problem() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("a", json!({})));
+    let cms = "/api/v1/namespaces/ns1/configmaps";
+    let json_ct = "application/json";
+    let merge = "application/merge-patch+json";
+    let cases: Vec<(&str, String, &str, &str, u16, &str, &str)> = vec![
+        (
+            "GET",
+            "/apis/example.com/v1/widgets".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "could not find the requested resource",
+        ),
+        (
+            "GET",
+            "/api/v1/configmaps/a".into(),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps is namespaced",
+        ),
+        (
+            "PUT",
+            cms.into(),
+            json_ct,
+            "{}",
+            405,
+            "MethodNotAllowed",
+            "PUT is not supported",
+        ),
+        (
+            "GET",
+            format!("{cms}?labelSelector=app%20in%20x"),
+            json_ct,
+            "",
+            400,
+            "BadRequest",
+            "needs parentheses",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            "[1,2",
+            400,
+            "BadRequest",
+            "not valid JSON or YAML",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{}}"#,
+            422,
+            "Invalid",
+            "name or generateName is required",
+        ),
+        (
+            "POST",
+            "/api/v1/configmaps".into(),
+            json_ct,
+            r#"{"metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+            "POST to /namespaces/<ns>/configmaps",
+        ),
+        (
+            "POST",
+            cms.into(),
+            json_ct,
+            r#"{"metadata":{"name":"a"}}"#,
+            409,
+            "AlreadyExists",
+            "\"a\" already exists",
+        ),
+        (
+            "PUT",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"metadata":{"name":"b"}}"#,
+            400,
+            "BadRequest",
+            "does not match the name on the URL",
+        ),
+        (
+            "PUT",
+            format!("{cms}/zz"),
+            json_ct,
+            r#"{"metadata":{"name":"zz"}}"#,
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a/scale"),
+            merge,
+            "{}",
+            404,
+            "NotFound",
+            "no subresource scale",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "text/plain",
+            "{}",
+            415,
+            "UnsupportedMediaType",
+            "unknown format: text/plain",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            "application/json-patch+json",
+            "{}",
+            400,
+            "BadRequest",
+            "invalid JSON patch",
+        ),
+        (
+            "PATCH",
+            format!("{cms}/a"),
+            merge,
+            r#"{"metadata":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "the object has been modified",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/a"),
+            json_ct,
+            r#"{"preconditions":{"resourceVersion":"999"}}"#,
+            409,
+            "Conflict",
+            "Precondition failed: ResourceVersion",
+        ),
+        (
+            "DELETE",
+            format!("{cms}/zz"),
+            json_ct,
+            "",
+            404,
+            "NotFound",
+            "configmaps \"zz\" not found",
+        ),
+        (
+            "PATCH",
+            "/apis/kataconfiguration.openshift.io/v1/kataconfigs/k/status".into(),
+            "application/apply-patch+yaml",
+            r#"{"status":{}}"#,
+            404,
+            "NotFound",
+            "kataconfigs.kataconfiguration.openshift.io \"k\" not found",
+        ),
+    ];
+    for (method, uri, ct, body, code, reason, message) in cases {
+        let (got, status) = raw(&fake, method, &uri, ct, body).await;
+        assert_eq!(got, code, "{method} {uri}: {status}");
+        assert_eq!(status["kind"], "Status", "{method} {uri}");
+        assert_eq!(status["code"], code, "{method} {uri}");
+        assert_eq!(status["reason"], reason, "{method} {uri}: {status}");
+        let text = status["message"].as_str().unwrap_or("");
+        assert!(
+            text.contains(message),
+            "{method} {uri}: {text:?} should mention {message:?}"
+        );
+    }
+    // What does work on the same paths.
+    let (code, made) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"generateName":"gen-"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        made["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("gen-") && n.len() > 4)
+    );
+    let (code, version) = raw(&fake, "GET", "/version", json_ct, "").await;
+    assert_eq!((code, version["major"].as_str()), (200, Some("1")));
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        cms,
+        json_ct,
+        r#"{"metadata":{"name":"dry"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, _) = raw(
+        &fake,
+        "POST",
+        &format!("{cms}?dryRun=All"),
+        json_ct,
+        r#"{"metadata":{"name":"dry2"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert!(
+        fake.get_ns::<ConfigMap>("ns1", "dry2").is_none(),
+        "dry run stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_and_strategic_merge_work() {
+    let fake = FakeApi::new();
+    fake.insert(&cm("one", json!({})));
+    fake.insert(&cm("two", json!({})));
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut init = Vec::new();
+    loop {
+        match stream.try_next().await.expect("ok").expect("event") {
+            watcher::Event::InitApply(o) => init.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(init, ["one", "two"]);
+    let initial_watch = fake.requests().into_iter().find(|r| r.verb == "watch");
+    assert!(
+        initial_watch.is_some(),
+        "streaming lists start with a watch, not a list"
+    );
+    api.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"data": {"s": "1"}})),
+    )
+    .await
+    .expect("strategic merge");
+    match stream.try_next().await.expect("ok").expect("event") {
+        watcher::Event::Apply(o) => assert_eq!(o.data.expect("data")["s"], "1"),
+        other => panic!("expected the patched object, got {other:?}"),
+    }
+    let log = fake.requests();
+    assert_eq!(
+        log.last().and_then(|r| r.patch_type.clone()).as_deref(),
+        Some("strategic")
+    );
+}
+
+#[tokio::test]
+async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() {
+    let (fake, sim) = cluster(1).await;
+    fake.insert_json(kata_pool());
+    fake.insert_json(mc("50-kata", "kata-oc"));
+    let nodes: Api<Node> = Api::all(fake.client());
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"node-role.kubernetes.io/kata-oc": ""}}})),
+        )
+        .await
+        .expect("label");
+    eventually("kata pool settled", || pool_settled(&fake, "kata-oc", 1)).await;
+    let before = rendered(&fake, "kata-oc").expect("rendered");
+    fake.insert_json(json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "ContainerRuntimeConfig",
+        "metadata": {"name": "kata-crio-config"},
+        "spec": {
+            "machineConfigPoolSelector": {"matchLabels": {"pools.operator.machineconfiguration.openshift.io/kata-oc": ""}},
+            "containerRuntimeConfig": {"logLevel": "debug"},
+        },
+    }));
+    let generated = "99-kata-oc-generated-containerruntime";
+    eventually("generated MC rendered into the pool and rolled out", || {
+        rendered(&fake, "kata-oc").is_some_and(|r| r != before) && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
+    let mc = fake
+        .get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+        .expect("generated MC");
+    assert_eq!(
+        mc.labels()["machineconfiguration.openshift.io/role"],
+        "kata-oc"
+    );
+    let source = serde_json::to_string(&mc.spec.config).expect("json");
+    assert!(
+        source.contains("logLevel") && source.contains("debug"),
+        "{source}"
+    );
+    let sources: Vec<String> = pool(&fake, "kata-oc")
+        .spec
+        .configuration
+        .expect("conf")
+        .source
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    assert!(sources.contains(&generated.to_string()), "{sources:?}");
+    assert!(
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(
+            "99-worker-generated-containerruntime"
+        )
+        .is_none(),
+        "worker pool not selected"
+    );
+    // Removing the CRC removes its MachineConfig and the pool goes back to the old rendering.
+    assert!(fake.delete(
+        "machineconfiguration.openshift.io/v1",
+        "containerruntimeconfigs",
+        None,
+        "kata-crio-config"
+    ));
+    eventually("generated MC gone and pool re-rendered", || {
+        fake.get::<sandboxed_containers_operator::api::MachineConfig>(generated)
+            .is_none()
+            && rendered(&fake, "kata-oc") == Some(before.clone())
+            && pool_settled(&fake, "kata-oc", 1)
+    })
+    .await;
     sim.stop().await;
 }

@@ -262,11 +262,32 @@ struct ApiErr {
     message: String,
 }
 
-fn err(code: u16, reason: &'static str, message: impl Into<String>) -> ApiErr {
+/// An error with the API server's reason for `code`.
+fn err(code: u16, message: impl Into<String>) -> ApiErr {
+    let reason = match code {
+        400 => "BadRequest",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Expired",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    };
     ApiErr {
         code,
         reason,
         message: message.into(),
+    }
+}
+
+fn already_exists(message: String) -> ApiErr {
+    ApiErr {
+        reason: "AlreadyExists",
+        ..err(409, message)
     }
 }
 
@@ -276,7 +297,7 @@ fn not_found(r: &ResourceInfo, name: &str) -> ApiErr {
     } else {
         format!("{}.{}", r.plural, r.group)
     };
-    err(404, "NotFound", format!("{g} \"{name}\" not found"))
+    err(404, format!("{g} \"{name}\" not found"))
 }
 
 fn status_json(code: u16, reason: &str, message: &str) -> Value {
@@ -382,7 +403,6 @@ fn parse_selector(s: &str) -> Result<Vec<Req>, ApiErr> {
             .ok_or_else(|| {
                 err(
                     400,
-                    "BadRequest",
                     format!("unable to parse requirement: set {v:?} needs parentheses"),
                 )
             })?;
@@ -459,10 +479,15 @@ fn spec_part(obj: &Value) -> Value {
 /// The object minus its resourceVersion: equal means a write changed nothing.
 fn without_volatile(obj: &Value) -> Value {
     let mut o = obj.clone();
-    if let Some(m) = o["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
+    drop_key(&mut o["metadata"], "resourceVersion");
     o
+}
+
+/// Remove field `k` of a JSON object (nothing for other values).
+fn drop_key(v: &mut Value, k: &str) {
+    if let Some(m) = v.as_object_mut() {
+        m.remove(k);
+    }
 }
 
 fn finalizers_empty(obj: &Value) -> bool {
@@ -558,9 +583,7 @@ impl State {
                     match o["metadata"].get(f) {
                         Some(v) => meta[f] = v.clone(),
                         None => {
-                            if let Some(m) = meta.as_object_mut() {
-                                m.remove(f);
-                            }
+                            drop_key(meta, f);
                         }
                     }
                 }
@@ -583,9 +606,7 @@ impl State {
                 meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uid));
                 meta["creationTimestamp"] = json!(now());
                 meta["generation"] = json!(1);
-                if let Some(m) = meta.as_object_mut() {
-                    m.remove("deletionTimestamp");
-                }
+                drop_key(meta, "deletionTimestamp");
             }
         }
         let rv = self.next_rv();
@@ -948,7 +969,6 @@ impl FakeApi {
             _ => {
                 return Err(err(
                     404,
-                    "NotFound",
                     format!("the server could not find the requested resource ({path})"),
                 ));
             }
@@ -966,19 +986,17 @@ impl FakeApi {
                 (s(1), plural.to_string(), s(3), s(4))
             }
             [plural, ..] => (None, plural.to_string(), s(1), s(2)),
-            [] => return Err(err(404, "NotFound", format!("no resource in path {path}"))),
+            [] => return Err(err(404, format!("no resource in path {path}"))),
         };
         let res = lookup(&plural).ok_or_else(|| {
             err(
                 404,
-                "NotFound",
                 format!("the server could not find the requested resource ({path})"),
             )
         })?;
         if res.namespaced && namespace.is_none() && name.is_some() {
             return Err(err(
                 404,
-                "NotFound",
                 format!("{plural} is namespaced: use /namespaces/<ns>/{plural}/<name>"),
             ));
         }
@@ -1020,11 +1038,7 @@ impl FakeApi {
             (&Method::DELETE, true) => "delete",
             (&Method::DELETE, false) => "deletecollection",
             (m, _) => {
-                return err_response(&err(
-                    405,
-                    "MethodNotAllowed",
-                    format!("{m} is not supported on {path}"),
-                ));
+                return err_response(&err(405, format!("{m} is not supported on {path}")));
             }
         };
         let content_type = parts
@@ -1073,40 +1087,26 @@ impl FakeApi {
         };
         match fault {
             Some(FaultKind::Status(code)) => {
-                let reason = match code {
-                    429 => "TooManyRequests",
-                    500 => "InternalError",
-                    503 => "ServiceUnavailable",
-                    504 => "Timeout",
-                    409 => "Conflict",
-                    _ => "InternalError",
-                };
                 return err_response(&err(
                     code,
-                    reason,
                     format!("injected fault: {code} for {verb} {path}"),
                 ));
             }
             Some(FaultKind::Timeout(d)) => {
                 tokio::time::sleep(d).await;
-                return err_response(&err(
-                    504,
-                    "Timeout",
-                    format!("injected timeout for {verb} {path}"),
-                ));
+                return err_response(&err(504, format!("injected timeout for {verb} {path}")));
             }
             Some(FaultKind::CloseWatches) | None => {}
         }
         if target.res.create_only && verb != "create" {
             return err_response(&err(
                 405,
-                "MethodNotAllowed",
                 format!("{} only supports create", target.res.plural),
             ));
         }
         let bytes = match body.collect_bytes().await {
             Ok(b) => b,
-            Err(e) => return err_response(&err(400, "BadRequest", format!("reading body: {e}"))),
+            Err(e) => return err_response(&err(400, format!("reading body: {e}"))),
         };
         if verb == "watch" {
             return self.watch(&target, &query);
@@ -1196,25 +1196,18 @@ impl FakeApi {
     fn parse_body(bytes: &[u8]) -> Result<Value, ApiErr> {
         serde_json::from_slice(bytes)
             .or_else(|_| serde_yaml::from_slice::<Value>(bytes))
-            .map_err(|e| {
-                err(
-                    400,
-                    "BadRequest",
-                    format!("request body is not valid JSON or YAML: {e}"),
-                )
-            })
+            .map_err(|e| err(400, format!("request body is not valid JSON or YAML: {e}")))
     }
 
     /// Fill apiVersion/kind/name/namespace and check they agree with the path.
     fn normalize(t: &Target, obj: &mut Value, name: &str) -> Result<(), ApiErr> {
         if !obj.is_object() {
-            return Err(err(400, "BadRequest", "request body must be a JSON object"));
+            return Err(err(400, "request body must be a JSON object"));
         }
         let body_name = obj["metadata"]["name"].as_str().unwrap_or("");
         if !body_name.is_empty() && body_name != name {
             return Err(err(
                 400,
-                "BadRequest",
                 format!(
                     "the name of the object ({body_name}) does not match the name on the URL ({name})"
                 ),
@@ -1242,7 +1235,6 @@ impl FakeApi {
             let Some(prefix) = obj["metadata"]["generateName"].as_str() else {
                 return Err(err(
                     422,
-                    "Invalid",
                     format!(
                         "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
                         t.res.kind
@@ -1254,7 +1246,6 @@ impl FakeApi {
         if t.res.namespaced && t.namespace.is_none() {
             return Err(err(
                 400,
-                "BadRequest",
                 format!(
                     "{} is namespaced: POST to /namespaces/<ns>/{}",
                     t.res.plural, t.res.plural
@@ -1267,20 +1258,17 @@ impl FakeApi {
             ..self.key(t)
         };
         if st.objects.contains_key(&key) {
-            return Err(err(
-                409,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", t.res.plural),
-            ));
+            return Err(already_exists(format!(
+                "{} \"{name}\" already exists",
+                t.res.plural
+            )));
         }
         if t.res.status
             && let Some(m) = obj.as_object_mut()
         {
             m.remove("status");
         }
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
+        drop_key(&mut obj["metadata"], "resourceVersion");
         if let Some(fm) = q.get("fieldManager") {
             record_manager(&mut obj, fm, "Update", &t.res.api_version(), None);
         }
@@ -1305,11 +1293,7 @@ impl FakeApi {
             None => false,
             Some("status") if t.res.status => true,
             Some(s) => {
-                return Err(err(
-                    404,
-                    "NotFound",
-                    format!("{} has no subresource {s}", t.res.plural),
-                ));
+                return Err(err(404, format!("{} has no subresource {s}", t.res.plural)));
             }
         };
         let mut st = self.state();
@@ -1334,15 +1318,21 @@ impl FakeApi {
             (None, _) => return Err(not_found(&t.res, &name)),
             (Some(old), h) if h.starts_with("application/json-patch") => {
                 let patch: json_patch::Patch = serde_json::from_slice(bytes)
-                    .map_err(|e| err(400, "BadRequest", format!("invalid JSON patch: {e}")))?;
+                    .map_err(|e| err(400, format!("invalid JSON patch: {e}")))?;
                 let mut doc = old.clone();
-                json_patch::patch(&mut doc, &patch.0).map_err(|e| {
-                    err(
-                        422,
-                        "Invalid",
-                        format!("the JSON patch could not be applied: {e}"),
-                    )
-                })?;
+                for op in &patch.0 {
+                    // Like the API server's patch library, `test` for null passes on an absent path
+                    // (kube's finalizer helper relies on it).
+                    if let json_patch::PatchOperation::Test(t) = op
+                        && t.value.is_null()
+                        && doc.pointer(t.path.as_str()).is_none()
+                    {
+                        continue;
+                    }
+                    json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                        err(422, format!("the JSON patch could not be applied: {e}"))
+                    })?;
+                }
                 doc
             }
             (Some(old), h)
@@ -1356,7 +1346,6 @@ impl FakeApi {
                     if !body_name.is_empty() && body_name != name {
                         return Err(err(
                             400,
-                            "BadRequest",
                             format!(
                                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
                             ),
@@ -1370,7 +1359,6 @@ impl FakeApi {
             (Some(_), h) => {
                 return Err(err(
                     415,
-                    "UnsupportedMediaType",
                     format!("the body of the request was in an unknown format: {h}"),
                 ));
             }
@@ -1378,7 +1366,6 @@ impl FakeApi {
         if apply && q.get("fieldManager").is_none_or(|f| f.is_empty()) {
             return Err(err(
                 400,
-                "BadRequest",
                 "PATCH, application/apply-patch+yaml: fieldManager is required for apply patch",
             ));
         }
@@ -1395,7 +1382,6 @@ impl FakeApi {
         {
             return Err(err(
                 409,
-                "Conflict",
                 format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     t.res.plural
@@ -1429,7 +1415,6 @@ impl FakeApi {
             {
                 return Err(err(
                     422,
-                    "Invalid",
                     format!(
                         "{} \"{name}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{}]",
                         t.res.kind,
@@ -1446,18 +1431,14 @@ impl FakeApi {
                 match status {
                     Some(s) => new["status"] = s,
                     None => {
-                        if let Some(m) = new.as_object_mut() {
-                            m.remove("status");
-                        }
+                        drop_key(&mut new, "status");
                     }
                 }
             } else if t.res.status {
                 match old.get("status") {
                     Some(s) => new["status"] = s.clone(),
                     None => {
-                        if let Some(m) = new.as_object_mut() {
-                            m.remove("status");
-                        }
+                        drop_key(&mut new, "status");
                     }
                 }
             }
@@ -1505,7 +1486,6 @@ impl FakeApi {
             {
                 return Err(err(
                     409,
-                    "Conflict",
                     format!(
                         "Precondition failed: {what} in precondition: {want}, {what} in object meta: {}",
                         obj["metadata"][field].as_str().unwrap_or("")

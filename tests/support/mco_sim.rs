@@ -5,6 +5,9 @@
 //! (maxUnavailable 1) through the MCO node annotations, and keeps the pool status in the MCO's
 //! shapes. Event-driven: three watch streams plus one timer for the in-flight node's step.
 //!
+//! Like the MCO's ContainerRuntimeConfig controller, each ContainerRuntimeConfig yields a
+//! generated MachineConfig `99-<pool>-generated-containerruntime` for the pools it selects.
+//!
 //! Not simulated: rendered MachineConfig objects (only their names), drain, node Ready.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,7 +22,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use sandboxed_containers_operator::api::mco::PoolConfiguration;
-use sandboxed_containers_operator::api::{MachineConfig, MachineConfigPool};
+use sandboxed_containers_operator::api::{
+    ContainerRuntimeConfig, MachineConfig, MachineConfigPool,
+};
 use sandboxed_containers_operator::names::{
     MASTER_POOL, MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE, WORKER_POOL,
 };
@@ -54,6 +59,10 @@ impl Default for SimOptions {
 struct Shared {
     /// Nodes a test degraded: the loop leaves them alone until recovered.
     degraded: HashMap<String, String>,
+    /// Highest resourceVersion among the objects the last finished pass acted on.
+    seen_rv: u64,
+    /// Finished reconcile passes.
+    passes: u64,
 }
 
 pub struct McoSimulator;
@@ -126,6 +135,19 @@ impl SimHandle {
         patch_annotations(&self.client, name, &[(MCO_STATE, state), (MCO_REASON, "")]).await?;
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Highest resourceVersion among the pools, MachineConfigs and nodes a finished pass saw.
+    /// After a test's own write at version R, `seen_resource_version() >= R` means a pass has run
+    /// on a cache holding that write: a deterministic "the sim has reacted" (numeric RVs, as the
+    /// fake and etcd-backed servers use).
+    pub fn seen_resource_version(&self) -> u64 {
+        lock(&self.shared).seen_rv
+    }
+
+    /// Finished reconcile passes.
+    pub fn passes(&self) -> u64 {
+        lock(&self.shared).passes
     }
 
     /// Stop the simulator and wait for its loop to end.
@@ -258,12 +280,20 @@ impl Sim {
         .default_backoff()
         .map(move |r| (1usize, is_init_done(&r)))
         .boxed();
-        let s3 = reflector(nw, watcher(Api::<Node>::all(c.clone()), cfg))
+        let s3 = reflector(nw, watcher(Api::<Node>::all(c.clone()), cfg.clone()))
             .default_backoff()
             .map(move |r| (2usize, is_init_done(&r)))
             .boxed();
-        let mut events = futures::stream::select_all([s1, s2, s3]);
-        let mut ready = [false; 3];
+        let (crcs, cw) = reflector::store::<ContainerRuntimeConfig>();
+        let s4 = reflector(
+            cw,
+            watcher(Api::<ContainerRuntimeConfig>::all(c.clone()), cfg),
+        )
+        .default_backoff()
+        .map(move |r| (3usize, is_init_done(&r)))
+        .boxed();
+        let mut events = futures::stream::select_all([s1, s2, s3, s4]);
+        let mut ready = [false; 4];
         let mut retry_at: Option<Instant> = None;
         loop {
             let deadline = self.working.values().copied().chain(retry_at).min();
@@ -291,14 +321,106 @@ impl Sim {
                 continue;
             }
             retry_at = None;
-            if let Err(e) = self
-                .reconcile(&pools.state(), &mcs.state(), &nodes.state())
-                .await
-            {
+            let (p, m, n) = (pools.state(), mcs.state(), nodes.state());
+            let crc_result = self.render_crcs(&p, &m, &crcs.state()).await;
+            if let Err(e) = crc_result.and(self.reconcile(&p, &m, &n).await) {
                 tracing::debug!("mco-sim: {e:#}; retrying");
                 retry_at = Some(Instant::now() + self.step);
             }
+            let rv = |o: &kube::core::ObjectMeta| {
+                o.resource_version
+                    .as_deref()
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let seen = p
+                .iter()
+                .map(|o| rv(&o.metadata))
+                .chain(m.iter().map(|o| rv(&o.metadata)))
+                .chain(n.iter().map(|o| rv(&o.metadata)))
+                .max()
+                .unwrap_or(0);
+            let mut sh = lock(&self.shared);
+            sh.seen_rv = sh.seen_rv.max(seen);
+            sh.passes += 1;
         }
+    }
+
+    /// The MCO's ContainerRuntimeConfig controller: one generated MachineConfig per selected pool
+    /// (`99-<pool>-generated-containerruntime`, role label = pool), removed when no longer wanted.
+    async fn render_crcs(
+        &mut self,
+        pools: &[Arc<MachineConfigPool>],
+        mcs: &[Arc<MachineConfig>],
+        crcs: &[Arc<ContainerRuntimeConfig>],
+    ) -> anyhow::Result<()> {
+        let api = Api::<MachineConfig>::all(self.client.clone());
+        let mut crcs: Vec<&ContainerRuntimeConfig> = crcs.iter().map(|c| c.as_ref()).collect();
+        crcs.sort_by_key(|c| c.name_any());
+        let mut wanted: BTreeMap<String, Value> = BTreeMap::new();
+        for pool in pools {
+            let pname = pool.name_any();
+            // Several CRCs on one pool: the last by name wins (the MCO would suffix names).
+            let Some(crc) = crcs.iter().rev().find(|c| {
+                c.metadata.deletion_timestamp.is_none()
+                    && selects(c.spec.machine_config_pool_selector.as_ref(), pool.labels())
+            }) else {
+                continue;
+            };
+            let settings = serde_json::to_string(&crc.spec.container_runtime_config)?;
+            let name = format!("99-{pname}-generated-containerruntime");
+            let mc = json!({
+                "apiVersion": MC_API_VERSION, "kind": "MachineConfig",
+                "metadata": {
+                    "name": name,
+                    "labels": {"machineconfiguration.openshift.io/role": pname},
+                    "ownerReferences": [{"apiVersion": MC_API_VERSION, "kind": "ContainerRuntimeConfig", "name": crc.name_any(), "uid": crc.metadata.uid, "controller": true}],
+                },
+                "spec": {"config": {"ignition": {"version": "3.2.0"}, "storage": {"files": [{
+                    "path": "/etc/crio/crio.conf.d/01-ctrcfg-containerruntimeconfig",
+                    "mode": 420, "overwrite": true,
+                    "contents": {"source": format!("data:,{}", urlencoding::encode(&settings))},
+                }]}}},
+            });
+            wanted.insert(name, mc);
+        }
+        let mut result = Ok(());
+        for (name, mc) in &wanted {
+            let have = mcs.iter().find(|m| m.name_any() == *name);
+            let same = have.is_some_and(|m| {
+                serde_json::to_value(&m.spec).ok().as_ref() == Some(&mc["spec"])
+                    && m.labels()
+                        .get("machineconfiguration.openshift.io/role")
+                        .map(String::as_str)
+                        == mc["metadata"]["labels"]["machineconfiguration.openshift.io/role"]
+                            .as_str()
+            });
+            if !same
+                && let Err(e) = api
+                    .patch(
+                        name,
+                        &PatchParams::apply("mco-sim").force(),
+                        &Patch::Apply(mc),
+                    )
+                    .await
+            {
+                result = Err(e).with_context(|| format!("write generated MachineConfig {name}"));
+            }
+        }
+        for m in mcs {
+            let name = m.name_any();
+            if name.ends_with("-generated-containerruntime") && !wanted.contains_key(&name) {
+                match api.delete(&name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        result =
+                            Err(e).with_context(|| format!("delete generated MachineConfig {name}"))
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// A node's MCO annotations, with our own not-yet-observed writes on top.
