@@ -1008,9 +1008,10 @@ fn lease_holder(api: &FakeApi) -> Option<String> {
 
 fn fast_lease() -> leader::LeaderConfig {
     leader::LeaderConfig {
-        lease_duration: Duration::from_millis(1500),
-        renew_interval: Duration::from_millis(300),
-        retry_interval: Duration::from_millis(100),
+        // Short for the test, with room for a loaded machine: renew 6 times per duration.
+        lease_duration: Duration::from_millis(3000),
+        renew_interval: Duration::from_millis(500),
+        retry_interval: Duration::from_millis(200),
         ..Default::default()
     }
 }
