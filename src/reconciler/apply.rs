@@ -54,8 +54,13 @@ fn contains(have: &Value, want: &Value, strict: bool) -> bool {
         (Value::Object(h), Value::Object(w)) => {
             (!strict || h.len() == w.len())
                 && w.iter().all(|(k, wv)| {
-                    h.get(k)
-                        .is_some_and(|hv| contains(hv, wv, STRICT_MAPS.contains(&k.as_str())))
+                    h.get(k).is_some_and(|hv| {
+                        if k == "podFixed" {
+                            same_quantities(hv, wv)
+                        } else {
+                            contains(hv, wv, STRICT_MAPS.contains(&k.as_str()))
+                        }
+                    })
                 })
         }
         (Value::Array(h), Value::Array(w)) => {
@@ -63,6 +68,57 @@ fn contains(have: &Value, want: &Value, strict: bool) -> bool {
         }
         (h, w) => h == w,
     }
+}
+
+/// Resource maps compared by value: the API server stores quantities in canonical form
+/// (`0.25` comes back as `250m`), which must not look like drift.
+fn same_quantities(have: &Value, want: &Value) -> bool {
+    match (have.as_object(), want.as_object()) {
+        (Some(h), Some(w)) => {
+            h.len() == w.len()
+                && w.iter().all(|(k, wv)| {
+                    h.get(k).is_some_and(|hv| match (hv.as_str(), wv.as_str()) {
+                        (Some(a), Some(b)) => match (quantity(a), quantity(b)) {
+                            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+                            _ => a == b,
+                        },
+                        _ => hv == wv,
+                    })
+                })
+        }
+        _ => have == want,
+    }
+}
+
+/// The value of a Kubernetes quantity (`250m`, `350Mi`, `1.5G`, `2e3`), `None` if malformed.
+fn quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let base: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(base * mult)
 }
 
 /// A JSON merge patch removing keys someone else added to a selector-like map of ours. Server-side
@@ -372,6 +428,35 @@ mod tests {
             Some(json!({"spec": {"nodeSelector": {"matchLabels": {"elsewhere": null}}}}))
         );
         assert_eq!(foreign_keys_patch(&desired, &desired), None);
+    }
+
+    #[test]
+    fn canonicalised_quantities_are_not_drift_but_changed_ones_are() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let rc = |cpu: &str, mem: &str| k8s_openapi::api::node::v1::RuntimeClass {
+            handler: "kata".into(),
+            overhead: Some(k8s_openapi::api::node::v1::Overhead {
+                pod_fixed: Some(
+                    [("cpu", cpu), ("memory", mem)]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        };
+        assert!(!needs_apply(
+            &rc("0.25", "350Mi"),
+            Some(&rc("250m", "350Mi"))
+        ));
+        assert!(!needs_apply(&rc("1", "1Gi"), Some(&rc("1000m", "1024Mi"))));
+        assert!(needs_apply(
+            &rc("500m", "350Mi"),
+            Some(&rc("250m", "350Mi"))
+        ));
+        assert!(needs_apply(&rc("250m", "350M"), Some(&rc("250m", "350Mi"))));
+        assert_eq!(quantity("2e3"), Some(2000.0));
+        assert_eq!(quantity("12x"), None);
     }
 
     #[test]
