@@ -16,6 +16,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod observability;
 pub mod plan;
 pub mod reconciler;
 pub mod render;

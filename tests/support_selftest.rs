@@ -15,7 +15,7 @@ use sandboxed_containers_operator::names::{
     MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
 };
 use serde_json::{Value, json};
-use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions};
+use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions, eventually};
 
 fn cm(name: &str, labels: Value) -> ConfigMap {
     serde_json::from_value(json!({
@@ -39,17 +39,6 @@ fn api_code(e: kube::Error) -> (u16, String) {
         kube::Error::Api(s) => (s.code, s.reason.clone()),
         other => panic!("expected an API error, got {other:?}"),
     }
-}
-
-/// Poll `check` until it holds; the bound is a hang guard, not a timing assertion.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..2000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -120,6 +109,27 @@ async fn create_get_list_with_selectors_and_conflicts() {
             .items
             .len(),
         2
+    );
+
+    // Collection delete honours the label selector.
+    let gone = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=y"),
+        )
+        .await
+        .expect("delete collection");
+    let gone: Vec<String> = gone
+        .left()
+        .expect("list of deleted")
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert_eq!(gone, ["b"]);
+    assert_eq!(
+        names(api.list(&ListParams::default()).await.expect("list")),
+        ["a"]
     );
 
     // PUT with a stale resourceVersion conflicts.
@@ -399,9 +409,51 @@ async fn delete_with_finalizers_waits_for_them_and_owner_gc_cascades() {
         .await
         .expect("delete");
     assert!(gone.is_right(), "immediate deletion answers a Status");
+    let orphan = secrets.get("s2").await.expect("orphaned dependent kept");
+    assert!(
+        orphan.owner_references().is_empty(),
+        "owner reference stripped"
+    );
+    // No new finalizer may be added to an object being deleted; releasing it runs a
+    // collection that still leaves the orphan alone.
+    let mut k3 = kata("k3");
+    k3.metadata.finalizers = Some(vec!["a/one".into()]);
+    kc.create(&PostParams::default(), &k3)
+        .await
+        .expect("create");
+    kc.delete("k3", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let refused = kc
+        .patch(
+            "k3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["a/one", "b/two"]}})),
+        )
+        .await
+        .expect_err("new finalizer while deleting");
+    match refused {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(
+                s.message.contains("no new finalizers can be added"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    kc.patch(
+        "k3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release k3");
+    assert!(kc.get_opt("k3").await.expect("get").is_none());
     assert!(
         secrets.get_opt("s2").await.expect("get").is_some(),
-        "orphaned dependent kept"
+        "orphan survives later GC"
     );
 }
 
@@ -708,6 +760,25 @@ async fn typed_and_json_test_hooks_see_the_same_store() {
     assert!(fake.get_ns::<ConfigMap>("ns1", "c").is_some());
     assert_eq!(fake.list_json("v1", "configmaps", Some("ns1")).len(), 1);
     assert_eq!(fake.list::<Node>().len(), 1);
+    // Metadata-only reads (PartialObjectMetadata) deserialize from the full objects.
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    assert_eq!(
+        cms.get_metadata("c")
+            .await
+            .expect("metadata")
+            .metadata
+            .name
+            .as_deref(),
+        Some("c")
+    );
+    assert_eq!(
+        cms.list_metadata(&ListParams::default())
+            .await
+            .expect("metadata list")
+            .items
+            .len(),
+        1
+    );
     assert!(fake.delete("v1", "nodes", None, "n1"));
     assert!(!fake.delete("v1", "nodes", None, "n1"));
     let nodes: Api<Node> = Api::all(fake.client());
@@ -933,6 +1004,11 @@ async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
     // Track every annotation state the nodes pass through.
     let nodes: Api<Node> = Api::all(fake.client());
     let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    // The watcher is lazy: have it listed and watching before anything moves.
+    while !matches!(
+        stream.try_next().await.expect("ok").expect("event"),
+        watcher::Event::InitDone
+    ) {}
 
     fake.insert_json(kata_pool());
     fake.insert_json(mc("50-kata", "kata-oc"));
@@ -950,21 +1026,34 @@ async fn sim_rolls_a_custom_pool_one_node_at_a_time() {
     }
     let mut working_at_once = 0usize;
     let mut seen_working = std::collections::BTreeSet::new();
-    let mut state: std::collections::BTreeMap<String, String> = Default::default();
-    while !(pool_settled(&fake, "kata-oc", 2) && pool_settled(&fake, "worker", 1)) {
+    // Node -> (state, currentConfig) as the watch delivered them.
+    let mut seen: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    let done_on_kata = |seen: &std::collections::BTreeMap<String, (String, String)>, n: &str| {
+        seen.get(n).is_some_and(|(s, c)| {
+            s == "Done"
+                && c.starts_with("rendered-kata-oc-")
+                && rendered(&fake, "kata-oc").as_ref() == Some(c)
+        })
+    };
+    while !(done_on_kata(&seen, "worker-0")
+        && done_on_kata(&seen, "worker-1")
+        && pool_settled(&fake, "kata-oc", 2)
+        && pool_settled(&fake, "worker", 1))
+    {
         let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
             .await
             .expect("progress")
             .expect("ok")
             .expect("event");
         if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = ev {
-            let s = n.annotations().get(MCO_STATE).cloned().unwrap_or_default();
+            let get = |k: &str| n.annotations().get(k).cloned().unwrap_or_default();
+            let s = get(MCO_STATE);
             if s == "Working" {
                 seen_working.insert(n.name_any());
             }
-            state.insert(n.name_any(), s);
+            seen.insert(n.name_any(), (s, get(MCO_CURRENT_CONFIG)));
             working_at_once =
-                working_at_once.max(state.values().filter(|s| *s == "Working").count());
+                working_at_once.max(seen.values().filter(|(s, _)| s == "Working").count());
         }
     }
     assert_eq!(working_at_once, 1, "maxUnavailable 1 per pool");
@@ -1011,35 +1100,24 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
     let (fake, sim) = cluster(2).await;
     eventually("initial settle", || pool_settled(&fake, "worker", 2)).await;
     let before = rendered(&fake, "worker").expect("rendered");
-    // A new worker MachineConfig: the pool re-renders and starts walking.
-    fake.insert_json(mc("99-new", "worker"));
-    eventually("re-rendered", || {
-        rendered(&fake, "worker").is_some_and(|r| r != before)
-    })
-    .await;
-    eventually("a node is working", || {
-        ["worker-0", "worker-1"]
-            .iter()
-            .any(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
-    })
-    .await;
-    let working = ["worker-0", "worker-1"]
-        .into_iter()
-        .find(|n| ann(&fake, n, MCO_STATE).as_deref() == Some("Working"))
-        .expect("one working");
-    sim.degrade_node(working, "disk on fire")
+    sim.degrade_node("worker-0", "disk on fire")
         .await
         .expect("degrade");
     eventually("pool degraded", || {
         pool(&fake, "worker").status.is_some_and(|s| {
             s.degraded_machine_count == 1
+                && s.unavailable_machine_count == 1
                 && s.condition_true("Degraded")
                 && !s.condition_true("Updated")
         })
     })
     .await;
     assert_eq!(
-        ann(&fake, working, MCO_REASON).as_deref(),
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_REASON).as_deref(),
         Some("disk on fire")
     );
     let st = pool(&fake, "worker").status.expect("status");
@@ -1048,38 +1126,53 @@ async fn sim_degrade_stops_the_pool_and_recover_resumes() {
         .iter()
         .find(|c| c.type_ == "Degraded")
         .expect("Degraded condition");
+    let message = degraded.message.clone().unwrap_or_default();
     assert!(
-        degraded
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("disk on fire"),
+        message.contains("worker-0") && message.contains("disk on fire"),
         "{degraded:?}"
     );
-    // While degraded the node stays put and the other node does not start.
-    let other = if working == "worker-0" {
-        "worker-1"
-    } else {
-        "worker-0"
-    };
+
+    // A new rendering does not roll while a node is degraded (it uses up maxUnavailable).
+    fake.insert_json(mc("99-new", "worker"));
+    eventually("re-rendered", || {
+        rendered(&fake, "worker").is_some_and(|r| r != before)
+    })
+    .await;
     let rv = fake.resource_version();
-    eventually("sim acted on the degraded state", || {
+    eventually("sim acted on the new rendering", || {
         sim.seen_resource_version() >= rv
     })
     .await;
-    assert_eq!(ann(&fake, working, MCO_STATE).as_deref(), Some("Degraded"));
-    assert_eq!(ann(&fake, other, MCO_CURRENT_CONFIG), Some(before.clone()));
-    assert_eq!(ann(&fake, other, MCO_STATE).as_deref(), Some("Done"));
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(
+            ann(&fake, n, MCO_CURRENT_CONFIG),
+            Some(before.clone()),
+            "{n} did not move"
+        );
+        assert_eq!(
+            ann(&fake, n, MCO_DESIRED_CONFIG),
+            Some(before.clone()),
+            "{n} did not start"
+        );
+    }
+    assert_eq!(
+        ann(&fake, "worker-0", MCO_STATE).as_deref(),
+        Some("Degraded")
+    );
 
-    sim.recover_node(working).await.expect("recover");
-    eventually("pool settled after recovery", || {
-        pool_settled(&fake, "worker", 2)
+    sim.recover_node("worker-0").await.expect("recover");
+    eventually("pool settled on the new rendering after recovery", || {
+        pool_settled(&fake, "worker", 2) && rendered(&fake, "worker") != Some(before.clone())
     })
     .await;
+    let target = rendered(&fake, "worker");
+    for n in ["worker-0", "worker-1"] {
+        assert_eq!(ann(&fake, n, MCO_CURRENT_CONFIG), target, "{n}");
+        assert_eq!(ann(&fake, n, MCO_REASON).as_deref(), Some(""), "{n}");
+    }
     let st = pool(&fake, "worker").status.expect("status");
     assert_eq!(st.degraded_machine_count, 0);
     assert!(!st.condition_true("Degraded"));
-    assert_eq!(ann(&fake, working, MCO_REASON).as_deref(), Some(""));
     sim.stop().await;
 }
 
@@ -1637,5 +1730,38 @@ async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() 
             && pool_settled(&fake, "kata-oc", 1)
     })
     .await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
+    let fake = FakeApi::new();
+    support::seed_cluster(&fake, 3, 0, true);
+    let sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim");
+    eventually("master pool settled with all three nodes", || {
+        pool_settled(&fake, "master", 3)
+    })
+    .await;
+    eventually("worker pool settled empty", || {
+        pool_settled(&fake, "worker", 0)
+    })
+    .await;
+    let worker = pool(&fake, "worker").status.expect("worker status");
+    assert_eq!(
+        worker.machine_count, 0,
+        "master wins over worker for converged nodes"
+    );
+    assert!(
+        ann(&fake, "master-0", MCO_CURRENT_CONFIG)
+            .is_some_and(|c| c.starts_with("rendered-master-"))
+    );
     sim.stop().await;
 }

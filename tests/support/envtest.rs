@@ -125,8 +125,11 @@ fn certificates(dir: &Path) -> anyhow::Result<String> {
     fs::write(dir.join("apiserver.crt"), cert.pem())?;
     fs::write(dir.join("apiserver.key"), key.serialize_pem())?;
     fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    // Service-account token signing key (ECDSA P-256, PKCS#8); the same file verifies.
-    fs::write(dir.join("sa.key"), KeyPair::generate()?.serialize_pem())?;
+    // Service-account token signing key (ECDSA P-256, PKCS#8) and its public half (SPKI), which
+    // --service-account-key-file parses reliably.
+    let sa = KeyPair::generate()?;
+    fs::write(dir.join("sa.key"), sa.serialize_pem())?;
+    fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
     Ok(ca_cert.pem())
 }
 
@@ -196,7 +199,7 @@ pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
         "--authorization-mode=RBAC".into(),
         "--service-cluster-ip-range=10.0.0.0/24".into(),
         format!("--service-account-issuer={url}"),
-        format!("--service-account-key-file={}", d("sa.key")),
+        format!("--service-account-key-file={}", d("sa.pub")),
         format!("--service-account-signing-key-file={}", d("sa.key")),
         "--disable-admission-plugins=ServiceAccount".into(),
         "--allow-privileged=true".into(),

@@ -231,6 +231,7 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone.
     history_floor: u64,
     history_limit: usize,
+    tx: broadcast::Sender<Msg>,
     requests: Vec<RequestRecord>,
     faults: Vec<Fault>,
 }
@@ -541,13 +542,7 @@ impl State {
         self.rv
     }
 
-    fn emit(
-        &mut self,
-        tx: &broadcast::Sender<Msg>,
-        key: &Key,
-        old: Option<Value>,
-        new: Option<Value>,
-    ) {
+    fn emit(&mut self, key: &Key, old: Option<Value>, new: Option<Value>) {
         let change = Arc::new(Change {
             group: key.group.clone(),
             plural: key.plural.clone(),
@@ -563,12 +558,12 @@ impl State {
             }
         }
         // No receivers is fine.
-        let _ = tx.send(Msg::Change(change));
+        let _ = self.tx.send(Msg::Change(change));
     }
 
     /// Store `obj` (already validated) as the new state of `key`, assigning server metadata.
     /// Returns the stored object; an unchanged object is not rewritten.
-    fn commit(&mut self, tx: &broadcast::Sender<Msg>, key: &Key, mut obj: Value) -> Value {
+    fn commit(&mut self, key: &Key, mut obj: Value) -> Value {
         let old = self.objects.get(key).cloned();
         let meta = &mut obj["metadata"];
         match &old {
@@ -597,7 +592,7 @@ impl State {
                 // An object being deleted goes once its last finalizer is gone.
                 if o["metadata"].get("deletionTimestamp").is_some() && finalizers_empty(&obj) {
                     self.objects.insert(key.clone(), obj.clone());
-                    self.remove(tx, key, false);
+                    self.remove(key, false);
                     return obj;
                 }
             }
@@ -615,23 +610,42 @@ impl State {
         if key.plural == "customresourcedefinitions" && key.group == "apiextensions.k8s.io" {
             self.register_crd(&obj);
         }
-        self.emit(tx, key, old, Some(obj.clone()));
+        self.emit(key, old, Some(obj.clone()));
         obj
     }
 
     /// Remove an object now and garbage-collect its dependents (unless `orphan`).
-    fn remove(&mut self, tx: &broadcast::Sender<Msg>, key: &Key, orphan: bool) -> Option<Value> {
+    fn remove(&mut self, key: &Key, orphan: bool) -> Option<Value> {
         let old = self.objects.remove(key)?;
         self.next_rv();
-        self.emit(tx, key, Some(old.clone()), None);
-        if !orphan {
-            self.collect_garbage(tx);
+        self.emit(key, Some(old.clone()), None);
+        if orphan {
+            // Orphaning strips the owner reference, so later collections leave dependents alone.
+            let uid = old["metadata"]["uid"].clone();
+            let dependents: Vec<(Key, Value)> = self
+                .objects
+                .iter()
+                .filter(|(_, o)| {
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["uid"] == uid))
+                })
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            for (k, mut o) in dependents {
+                if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"] != uid);
+                }
+                self.commit(&k, o);
+            }
+        } else {
+            self.collect_garbage();
         }
         Some(old)
     }
 
     /// Delete every object whose owners are all gone (background propagation).
-    fn collect_garbage(&mut self, tx: &broadcast::Sender<Msg>) {
+    fn collect_garbage(&mut self) {
         loop {
             let uids: std::collections::HashSet<String> = self
                 .objects
@@ -658,21 +672,16 @@ impl State {
                 return;
             }
             for k in orphaned {
-                self.delete_key(tx, &k, false);
+                self.delete_key(&k, false);
             }
         }
     }
 
     /// Delete semantics: objects with finalizers get a deletionTimestamp, others go now.
-    fn delete_key(
-        &mut self,
-        tx: &broadcast::Sender<Msg>,
-        key: &Key,
-        orphan: bool,
-    ) -> Option<(Value, bool)> {
+    fn delete_key(&mut self, key: &Key, orphan: bool) -> Option<(Value, bool)> {
         let obj = self.objects.get(key)?.clone();
         if finalizers_empty(&obj) {
-            return self.remove(tx, key, orphan).map(|o| (o, true));
+            return self.remove(key, orphan).map(|o| (o, true));
         }
         if obj["metadata"]["deletionTimestamp"].is_null() {
             let mut o = obj.clone();
@@ -682,7 +691,7 @@ impl State {
             let rv = self.next_rv();
             o["metadata"]["resourceVersion"] = json!(rv.to_string());
             self.objects.insert(key.clone(), o.clone());
-            self.emit(tx, key, old, Some(o.clone()));
+            self.emit(key, old, Some(o.clone()));
             return Some((o, false));
         }
         Some((obj, false))
@@ -736,6 +745,7 @@ impl FakeApi {
                     history: VecDeque::new(),
                     history_floor: 0,
                     history_limit: limit,
+                    tx: tx.clone(),
                     requests: Vec::new(),
                     faults: Vec::new(),
                 }),
@@ -815,8 +825,7 @@ impl FakeApi {
         if res.namespaced {
             obj["metadata"]["namespace"] = json!(key.namespace);
         }
-        let tx = self.inner.tx.clone();
-        st.commit(&tx, &key, obj)
+        st.commit(&key, obj)
     }
 
     fn key_for(&self, api_version: &str, plural: &str, ns: Option<&str>, name: &str) -> Key {
@@ -892,8 +901,7 @@ impl FakeApi {
     /// Delete like the API would (finalizers respected, dependents collected). True if it existed.
     pub fn delete(&self, api_version: &str, plural: &str, ns: Option<&str>, name: &str) -> bool {
         let key = self.key_for(api_version, plural, ns, name);
-        let tx = self.inner.tx.clone();
-        self.state().delete_key(&tx, &key, false).is_some()
+        self.state().delete_key(&key, false).is_some()
     }
 
     /// Every request served so far, in order.
@@ -1275,8 +1283,7 @@ impl FakeApi {
         if q.contains_key("dryRun") {
             return Ok((201, obj));
         }
-        let tx = self.inner.tx.clone();
-        Ok((201, st.commit(&tx, &key, obj)))
+        Ok((201, st.commit(&key, obj)))
     }
 
     /// PUT and every PATCH flavour, on the object or its status.
@@ -1458,8 +1465,7 @@ impl FakeApi {
             return Ok((200, new));
         }
         let created = existing.is_none();
-        let tx = self.inner.tx.clone();
-        let out = st.commit(&tx, &key, new);
+        let out = st.commit(&key, new);
         Ok((if created { 201 } else { 200 }, out))
     }
 
@@ -1498,8 +1504,7 @@ impl FakeApi {
         }
         let orphan = opts["propagationPolicy"] == "Orphan"
             || q.get("propagationPolicy").is_some_and(|p| p == "Orphan");
-        let tx = self.inner.tx.clone();
-        match st.delete_key(&tx, &key, orphan) {
+        match st.delete_key(&key, orphan) {
             Some((o, true)) => Ok((
                 200,
                 json!({
@@ -1521,10 +1526,9 @@ impl FakeApi {
         let filter = Filter::from_query(q)?;
         let mut st = self.state();
         let keys = self.select(&st, t, &filter);
-        let tx = self.inner.tx.clone();
         let mut items = Vec::new();
         for (k, _) in keys {
-            if let Some((o, _)) = st.delete_key(&tx, &k, false) {
+            if let Some((o, _)) = st.delete_key(&k, false) {
                 items.push(o);
             }
         }

@@ -2,6 +2,19 @@
 //! `kube::Client` (`fake_api`), a Machine Config Operator simulator over any client (`mco_sim`),
 //! and the envtest-convention real API server tier (`envtest`).
 //!
+//! Typical scenario test:
+//! ```ignore
+//! mod support;
+//! use support::{FakeApi, McoSimulator, SimOptions, eventually, seed_cluster};
+//! let fake = FakeApi::new();
+//! seed_cluster(&fake, 3, 2, false); // master-0..2, worker-0..1, 00-master/00-worker MCs
+//! let sim = McoSimulator::spawn(fake.client_as("mco-sim"), SimOptions { create_default_pools: true, ..Default::default() }).await?;
+//! let client = fake.client(); // hand this to the operator's reconciler
+//! // ... create a KataConfig through `client`, run the controller ...
+//! eventually("installed", || fake.get::<KataConfig>("example").is_some_and(|k| /* ... */ true)).await;
+//! assert_eq!(fake.write_count_by("operator"), 0); // after fake.clear_requests() on a settled cluster
+//! ```
+//!
 //! Each test binary uses a different subset, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
@@ -9,7 +22,68 @@ pub mod envtest;
 pub mod fake_api;
 pub mod mco_sim;
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
 pub use fake_api::{
     AccessRequest, FakeApi, Fault, FaultKind, RequestRecord, ResourceInfo, ReviewUser,
 };
 pub use mco_sim::{McoSimulator, SimHandle, SimOptions};
+
+/// Poll `check` every 10 ms until it holds. The 60 s bound only guards against hangs; it is not a
+/// timing expectation.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A Node object with `node-role.kubernetes.io/<role>: ""` labels (plus `extra` labels).
+pub fn node_json(name: &str, roles: &[&str], extra: Value) -> Value {
+    let mut labels = json!({"kubernetes.io/hostname": name});
+    for r in roles {
+        labels[format!("node-role.kubernetes.io/{r}")] = json!("");
+    }
+    if let Some(m) = extra.as_object() {
+        for (k, v) in m {
+            labels[k] = v.clone();
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+}
+
+/// A MachineConfig labelled for `role` (like the MCO's `00-worker`).
+pub fn machine_config_json(name: &str, role: &str) -> Value {
+    json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+        "metadata": {"name": name, "labels": {"machineconfiguration.openshift.io/role": role}},
+        "spec": {"config": {"ignition": {"version": "3.2.0"}}},
+    })
+}
+
+/// Seed an OpenShift-like cluster: `master-<i>` and `worker-<i>` nodes and the `00-master` /
+/// `00-worker` MachineConfigs. With `converged`, masters also carry the worker role and there
+/// are no dedicated workers (a compact cluster). Start the simulator with
+/// `create_default_pools: true` afterwards.
+pub fn seed_cluster(fake: &FakeApi, masters: usize, workers: usize, converged: bool) {
+    for i in 0..masters {
+        let roles: &[&str] = if converged {
+            &["master", "control-plane", "worker"]
+        } else {
+            &["master", "control-plane"]
+        };
+        fake.insert_json(node_json(&format!("master-{i}"), roles, json!({})));
+    }
+    if !converged {
+        for i in 0..workers {
+            fake.insert_json(node_json(&format!("worker-{i}"), &["worker"], json!({})));
+        }
+    }
+    fake.insert_json(machine_config_json("00-master", "master"));
+    fake.insert_json(machine_config_json("00-worker", "worker"));
+}
