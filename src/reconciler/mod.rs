@@ -1,0 +1,265 @@
+//! The `KataConfig` reconciler: a kube-runtime Controller over the pipeline
+//! observe (watch caches) → validate + build + decide (pure, [`decide::decide`]) → apply (SSA with
+//! one field manager) → status (status subresource, only when changed) → events (transitions only).
+//!
+//! Progress is event-driven: the caches of nodes (metadata only), MachineConfigPools, our
+//! MachineConfigs, the ContainerRuntimeConfig, the RuntimeClass and, during uninstall, pods
+//! trigger reconciles when something the decision reads changes. There is no periodic requeue.
+
+pub mod apply;
+pub mod decide;
+pub mod error;
+pub mod events;
+pub mod observe;
+pub mod status;
+pub mod uninstall;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::{self, Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::KataConfig;
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+
+pub use decide::{Action, Decision, Outcome, decide};
+pub use error::Error;
+pub use observe::Observed;
+
+/// Readiness component registered by [`run`].
+pub const READINESS_COMPONENT: &str = "controller";
+
+/// Tunables of the reconciler. `Default` is what `run` uses in production.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pod name (Events' `reportingInstance`).
+    pub instance: Option<String>,
+    /// Upper bound on any single write to the API server.
+    pub request_timeout: Duration,
+    /// First retry delay after an API error; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            instance: std::env::var("POD_NAME").ok(),
+            request_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub caches: observe::Caches,
+    kata_configs: Store<KataConfig>,
+    writer: apply::Writer,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    config: Config,
+    /// Consecutive failures per KataConfig, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Runs the reconciler until `shutdown` is cancelled, then lets in-flight reconciles finish.
+///
+/// Registers the readiness component `controller`, ready once every watch cache has synced.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    readiness.register(READINESS_COMPONENT);
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let caches = observe::Caches::start(client.clone(), trigger_tx, metrics.clone());
+    let kc_api: Api<KataConfig> = Api::all(client.clone());
+    let controller = Controller::new(kc_api, watcher::Config::default())
+        // One KataConfig is active; never reconcile two at once.
+        .with_config(controller::Config::default().concurrency(1))
+        .reconcile_all_on(trigger_rx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let ctx = Arc::new(Context {
+        caches,
+        kata_configs: controller.store(),
+        writer: apply::Writer {
+            client: client.clone(),
+            timeout: config.request_timeout,
+        },
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: FIELD_MANAGER.to_string(),
+                instance: config.instance.clone(),
+            },
+        ),
+        metrics,
+        config,
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    let ready_ctx = ctx.clone();
+    let ready_task = tokio::spawn(async move {
+        let synced = async {
+            ready_ctx.caches.wait_until_ready().await?;
+            ready_ctx
+                .kata_configs
+                .wait_until_ready()
+                .await
+                .map_err(|_| Error::CacheNotReady("kataconfigs"))
+        };
+        match synced.await {
+            Ok(()) => {
+                tracing::info!("controller watch caches synced");
+                readiness.set(READINESS_COMPONENT, true);
+            }
+            Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                    tracing::warn!(kataconfig = %obj.name, category = e.category(), error = %e, "reconcile failed; retrying with backoff")
+                }
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+    ready_task.abort();
+    ctx.caches.stop_pod_watch().await;
+    tracing::info!("reconciler stopped");
+    Ok(())
+}
+
+async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&kc, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(Outcome::InvalidSpec) => "invalid_spec",
+        Ok(_) => "success",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[label])
+        .inc();
+    match result {
+        Ok(_) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.remove(&kc.name_any());
+            }
+            Ok(Requeue::await_change())
+        }
+        Err(e) => {
+            if e.is_api() {
+                ctx.metrics
+                    .api_errors
+                    .with_label_values(&[e.category()])
+                    .inc();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits for a cache, but never longer than one request timeout: a cache that cannot sync
+/// (missing CRD, RBAC) must not wedge the controller; the error is retried with backoff and
+/// the cache's own first sync triggers a reconcile anyway.
+async fn bounded<T>(
+    ctx: &Context,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(ctx.config.request_timeout, fut)
+        .await
+        .unwrap_or(Err(Error::CacheNotReady(what)))
+}
+
+async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Error> {
+    bounded(ctx, "cluster", ctx.caches.wait_until_ready()).await?;
+    let all = ctx.kata_configs.state();
+    let now = Time(jiff::Timestamp::now());
+    let mut obs = ctx.caches.snapshot(kc, &all, now);
+    let uninstalling = kc.metadata.deletion_timestamp.is_some()
+        && observe::has_finalizer(kc)
+        && obs.active.as_deref() == Some(kc.name_any().as_str());
+    if uninstalling {
+        obs.pods = Some(bounded(ctx, "pods", ctx.caches.kata_pods()).await?);
+    }
+    let d = decide(&obs);
+    tracing::debug!(kataconfig = %kc.name_any(), outcome = ?d.outcome, actions = d.actions.len(), "decided");
+    for action in &d.actions {
+        ctx.writer.execute(kc, action).await?;
+    }
+    if let Some(status) = &d.status {
+        ctx.writer.status(kc, status).await?;
+    }
+    events::publish(&ctx.recorder, kc, &d.events).await;
+    if let Some(reported) = &d.reported
+        && obs.active.as_deref() == Some(kc.name_any().as_str())
+    {
+        ctx.metrics.set_nodes(&reported.kata_nodes);
+        ctx.metrics
+            .installation_success
+            .set(if d.outcome == Outcome::Installed {
+                1.0
+            } else {
+                0.0
+            });
+    }
+    if d.outcome == Outcome::Uninstalled {
+        ctx.metrics.installation_success.set(0.0);
+        ctx.metrics.set_nodes(&Default::default());
+    }
+    // The pod watch only serves a running uninstall.
+    if !uninstalling || d.outcome == Outcome::Uninstalled {
+        let any_uninstall = all.iter().any(|k| {
+            k.metadata.deletion_timestamp.is_some()
+                && observe::has_finalizer(k)
+                && k.name_any() != kc.name_any()
+        });
+        if !any_uninstall && ctx.caches.pod_watch_running().await {
+            ctx.caches.stop_pod_watch().await;
+        }
+    }
+    Ok(d.outcome)
+}
+
+fn error_policy(kc: Arc<KataConfig>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    let failures = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(kc.name_any()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = match err.retry() {
+        error::Retry::Soon => ctx.config.backoff_base.min(Duration::from_millis(200)),
+        error::Retry::Backoff => {
+            error::backoff_delay(failures, ctx.config.backoff_base, ctx.config.backoff_max)
+        }
+    };
+    Requeue::requeue(delay)
+}

@@ -1,0 +1,502 @@
+//! The reconciler scenarios against a real kube-apiserver (envtest convention: etcd and
+//! kube-apiserver from `KUBEBUILDER_ASSETS`) with the Machine Config Operator simulator.
+//!
+//! One test walks the whole lifecycle on one server (starting etcd + apiserver per scenario
+//! would dominate the run): install, settled cluster without writes (checked by
+//! resourceVersions, the real server has no request log), drift repair, selector edit, a
+//! Degraded node and its recovery, a second KataConfig, uninstall blocked by a kata pod and
+//! released when it finishes, and a crash mid-uninstall. Without the binaries it prints why it
+//! skips and passes. The walk uses only Kubernetes API calls, so it also runs against the
+//! in-memory API (`scenarios_on_the_in_memory_api`), which keeps the scenario itself honest.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use sandboxed_containers_operator::api::{
+    ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
+};
+use sandboxed_containers_operator::health::Readiness;
+use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::names::{
+    CONTAINER_RUNTIME_CONFIG, CONTROL_PLANE_ROLE_LABEL, CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER,
+    KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MCO_CURRENT_CONFIG, RUNTIME_CLASS,
+    WORKER_ROLE_LABEL,
+};
+use sandboxed_containers_operator::reconciler;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use support::{McoSimulator, SimOptions, envtest};
+use tokio_util::sync::CancellationToken;
+
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+async fn wait<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get<K>(client: &Client, name: &str) -> Option<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(client.clone())
+        .get_opt(name)
+        .await
+        .expect("API read")
+}
+
+async fn condition(client: &Client, kc: &str, type_: &str) -> Option<(String, String, String)> {
+    let c = get::<KataConfig>(client, kc)
+        .await?
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn ready(client: &Client, kc: &str) {
+    let c = client.clone();
+    wait(&format!("KataConfig {kc} Ready"), || {
+        let c = c.clone();
+        let kc = kc.to_string();
+        async move {
+            condition(&c, &kc, "Ready")
+                .await
+                .filter(|x| x.0 == "True")
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+async fn kata_labelled(client: &Client) -> Vec<String> {
+    let mut v: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("nodes")
+        .items
+        .iter()
+        .filter(|n| n.labels().contains_key(KATA_ROLE_LABEL))
+        .map(|n| n.name_any())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn apply_json<K>(client: &Client, obj: Value)
+where
+    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).expect("object");
+    Api::<K>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+}
+
+struct Operator {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    readiness: Readiness,
+}
+
+fn start_operator(client: &Client) -> Operator {
+    let shutdown = CancellationToken::new();
+    let readiness = Readiness::new();
+    let task = tokio::spawn(reconciler::run(
+        client.clone(),
+        reconciler::Config {
+            instance: Some("envtest".into()),
+            request_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        },
+        Arc::new(Metrics::new()),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    Operator {
+        shutdown,
+        task,
+        readiness,
+    }
+}
+
+async fn our_resource_versions(client: &Client) -> BTreeMap<String, Option<String>> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "kc".into(),
+        get::<KataConfig>(client, "example")
+            .await
+            .and_then(|o| o.resource_version()),
+    );
+    m.insert(
+        "rc".into(),
+        get::<RuntimeClass>(client, RUNTIME_CLASS)
+            .await
+            .and_then(|o| o.resource_version()),
+    );
+    for mc in [EXTENSION_MC, CRIO_DROPIN_MC] {
+        m.insert(
+            mc.into(),
+            get::<MachineConfig>(client, mc)
+                .await
+                .and_then(|o| o.resource_version()),
+        );
+    }
+    m.insert(
+        "crc".into(),
+        get::<ContainerRuntimeConfig>(client, CONTAINER_RUNTIME_CONFIG)
+            .await
+            .and_then(|o| o.resource_version()),
+    );
+    for n in Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("nodes")
+        .items
+    {
+        m.insert(format!("node/{}", n.name_any()), n.resource_version());
+    }
+    m
+}
+
+#[tokio::test]
+async fn scenarios_on_a_real_api_server() {
+    // Prints why when KUBEBUILDER_ASSETS is not usable, and the test passes as skipped.
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    lifecycle(env.client.clone()).await;
+}
+
+/// The same walk against the in-memory API, so the scenario itself is known to be right even
+/// where the real binaries are missing.
+#[tokio::test]
+async fn scenarios_on_the_in_memory_api() {
+    let api = support::FakeApi::new();
+    lifecycle(api.client()).await;
+}
+
+async fn lifecycle(client: Client) {
+    for i in 0..3 {
+        apply_json::<Node>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("m{i}"),
+                "labels": {MASTER_ROLE_LABEL: "", CONTROL_PLANE_ROLE_LABEL: ""}}}),
+        )
+        .await;
+    }
+    for (i, zone) in ["a", "b", "a"].iter().enumerate() {
+        apply_json::<Node>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("w{i}"),
+                "labels": {WORKER_ROLE_LABEL: "", "zone": zone}}}),
+        )
+        .await;
+    }
+    let sim = McoSimulator::spawn(
+        client.clone(),
+        SimOptions {
+            create_default_pools: true,
+            step: Duration::from_millis(100),
+        },
+    )
+    .await
+    .expect("mco simulator");
+    let op = start_operator(&client);
+
+    // 1. First install.
+    apply_json::<KataConfig>(
+        &client,
+        json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+            "metadata": {"name": "example"}, "spec": {"logLevel": "debug"}}),
+    )
+    .await;
+    ready(&client, "example").await;
+    let kc = get::<KataConfig>(&client, "example").await.expect("kc");
+    assert!(kc.finalizers().iter().any(|f| f == FINALIZER));
+    let st = kc.status.expect("status");
+    assert_eq!(st.kata_nodes.installed, ["w0", "w1", "w2"]);
+    assert_eq!(st.runtime_classes, ["kata"]);
+    assert_eq!(kata_labelled(&client).await, ["w0", "w1", "w2"]);
+    assert!(op.readiness.check().is_ok());
+
+    // 2. Settled: no object of ours changes, also across an operator restart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = our_resource_versions(&client).await;
+    op.shutdown.cancel();
+    op.task.await.expect("join").expect("clean stop");
+    let op = start_operator(&client);
+    let r = op.readiness.clone();
+    wait("restarted operator ready", || {
+        let r = r.clone();
+        async move { r.check().is_ok().then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        before,
+        our_resource_versions(&client).await,
+        "settled cluster was written"
+    );
+
+    // 3. Drift: deleted RuntimeClass, edited MachineConfig.
+    Api::<RuntimeClass>::all(client.clone())
+        .delete(RUNTIME_CLASS, &DeleteParams::default())
+        .await
+        .expect("delete rc");
+    let c = client.clone();
+    wait("RuntimeClass restored", || {
+        let c = c.clone();
+        async move { get::<RuntimeClass>(&c, RUNTIME_CLASS).await }
+    })
+    .await;
+    Api::<MachineConfig>::all(client.clone())
+        .patch(
+            EXTENSION_MC,
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+                "metadata": {"name": EXTENSION_MC}, "spec": {"extensions": ["usbguard"]}})),
+        )
+        .await
+        .expect("edit mc");
+    let c = client.clone();
+    wait("extension MachineConfig restored", || {
+        let c = c.clone();
+        async move {
+            get::<MachineConfig>(&c, EXTENSION_MC)
+                .await
+                .filter(|m| m.spec.extensions == ["kata-containers"])
+        }
+    })
+    .await;
+    ready(&client, "example").await;
+
+    // 4. Selector edit: zone b only.
+    Api::<KataConfig>::all(client.clone())
+        .patch(
+            "example",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}}),
+            ),
+        )
+        .await
+        .expect("edit selector");
+    let c = client.clone();
+    wait("only w1 installed, w0/w2 back on worker", || {
+        let c = c.clone();
+        async move {
+            let st = get::<KataConfig>(&c, "example").await?.status?;
+            let ok = st.kata_nodes.installed == ["w1"]
+                && st.kata_nodes.waiting_to_uninstall.is_empty()
+                && st.kata_nodes.uninstalling.is_empty()
+                && condition(&c, "example", "Ready").await?.0 == "True";
+            ok.then_some(())
+        }
+    })
+    .await;
+    assert_eq!(kata_labelled(&client).await, ["w1"]);
+
+    // 5. Degraded node, named with the MCO reason, then recovery.
+    Api::<KataConfig>::all(client.clone())
+        .patch(
+            "example",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"kataConfigPoolSelector": null}})),
+        )
+        .await
+        .expect("all workers again");
+    let c = client.clone();
+    wait("w0 labelled again", || {
+        let c = c.clone();
+        async move {
+            kata_labelled(&c)
+                .await
+                .contains(&"w0".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+    sim.degrade_node("w0", "failed to drain node")
+        .await
+        .expect("degrade");
+    let c = client.clone();
+    let msg = wait("Degraded names w0", || {
+        let c = c.clone();
+        async move {
+            condition(&c, "example", "Degraded")
+                .await
+                .filter(|x| x.0 == "True")
+                .map(|x| x.2)
+        }
+    })
+    .await;
+    assert_eq!(msg, "Node w0 Degraded: failed to drain node");
+    sim.recover_node("w0").await.expect("recover");
+    ready(&client, "example").await;
+
+    // 6. A second KataConfig is told which one is active.
+    apply_json::<KataConfig>(
+        &client,
+        json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+            "metadata": {"name": "second"}, "spec": {}}),
+    )
+    .await;
+    let c = client.clone();
+    let (_, _, msg) = wait("second reported as duplicate", || {
+        let c = c.clone();
+        async move {
+            condition(&c, "second", "Ready")
+                .await
+                .filter(|x| x.1 == "DuplicateKataConfig")
+        }
+    })
+    .await;
+    assert!(msg.contains("\"example\" is the active one"), "{msg}");
+    Api::<KataConfig>::all(client.clone())
+        .delete("second", &DeleteParams::default())
+        .await
+        .expect("delete second");
+
+    // 7. Uninstall blocked by a running kata pod, released when it finishes, with a crash
+    //    in the middle of the roll-back.
+    apply_json::<Namespace>(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}),
+    )
+    .await;
+    Api::<ServiceAccount>::namespaced(client.clone(), "team-a")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}))
+                .expect("sa"),
+        )
+        .await
+        .expect("service account");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web"},
+            "spec": {"runtimeClassName": "kata", "automountServiceAccountToken": false,
+                "containers": [{"name": "c", "image": "busybox"}]}}))
+        .expect("pod"),
+    )
+    .await
+    .expect("create pod");
+    pods.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .expect("pod running");
+    Api::<KataConfig>::all(client.clone())
+        .delete("example", &DeleteParams::default())
+        .await
+        .expect("delete kataconfig");
+    let c = client.clone();
+    let msg = wait("BlockedByExistingKataPods", || {
+        let c = c.clone();
+        async move {
+            condition(&c, "example", "InProgress")
+                .await
+                .filter(|x| x.1 == "BlockedByExistingKataPods")
+                .map(|x| x.2)
+        }
+    })
+    .await;
+    assert!(msg.contains("team-a/web"), "{msg}");
+    assert!(
+        get::<RuntimeClass>(&client, RUNTIME_CLASS).await.is_some(),
+        "nothing removed while blocked"
+    );
+    pods.patch_status(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .expect("pod finished");
+    let c = client.clone();
+    wait("uninstall under way", || {
+        let c = c.clone();
+        async move {
+            get::<MachineConfig>(&c, EXTENSION_MC)
+                .await
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    op.task.abort();
+    let _ = op.task.await;
+    let op = start_operator(&client);
+    let c = client.clone();
+    wait("KataConfig gone", || {
+        let c = c.clone();
+        async move {
+            get::<KataConfig>(&c, "example")
+                .await
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        get::<MachineConfig>(&client, CRIO_DROPIN_MC)
+            .await
+            .is_none()
+    );
+    assert!(get::<MachineConfigPool>(&client, KATA_POOL).await.is_none());
+    assert!(get::<RuntimeClass>(&client, RUNTIME_CLASS).await.is_none());
+    assert!(
+        get::<ContainerRuntimeConfig>(&client, CONTAINER_RUNTIME_CONFIG)
+            .await
+            .is_none()
+    );
+    assert!(kata_labelled(&client).await.is_empty());
+    for w in ["w0", "w1", "w2"] {
+        let n = get::<Node>(&client, w).await.expect("node");
+        let cur = n
+            .annotations()
+            .get(MCO_CURRENT_CONFIG)
+            .cloned()
+            .unwrap_or_default();
+        assert!(cur.starts_with("rendered-worker-"), "{w} on {cur}");
+    }
+    op.shutdown.cancel();
+    op.task.await.expect("join").expect("clean stop");
+    sim.stop().await;
+}
