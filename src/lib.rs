@@ -19,3 +19,5 @@ pub mod plan;
 pub mod render;
 pub mod selector;
 pub mod server;
+pub mod certs;
+pub mod webhook;

@@ -1,0 +1,238 @@
+//! The thin HTTP layer around the pure decisions: content type, body limit, AdmissionReview
+//! parsing (a malformed review is answered with HTTP 200 and an error result, never a panic),
+//! response building and metrics.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use json_patch::Patch;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tracing::debug;
+
+use crate::metrics::Metrics;
+
+/// Largest accepted request body. The API server stores objects up to ~1.5 MiB and a review
+/// carries `object` and `oldObject`, so 4 MiB fits every legitimate request.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// A decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Allow { warnings: Vec<String> },
+    Patch { patch: Patch, warnings: Vec<String> },
+    Deny(String),
+}
+
+impl Verdict {
+    pub fn allow() -> Verdict {
+        Verdict::Allow {
+            warnings: Vec::new(),
+        }
+    }
+
+    fn result_label(&self) -> &'static str {
+        match self {
+            Verdict::Allow { .. } => "allowed",
+            Verdict::Patch { patch, .. } if patch.0.is_empty() => "allowed",
+            Verdict::Patch { .. } => "mutated",
+            Verdict::Deny(_) => "denied",
+        }
+    }
+}
+
+pub fn operation_label(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// Builds the response for a request and a verdict.
+pub fn respond<T: kube::Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -> AdmissionResponse {
+    let base = AdmissionResponse::from(req);
+    match verdict {
+        Verdict::Allow { warnings } => with_warnings(base, warnings),
+        Verdict::Deny(msg) => base.deny(msg),
+        Verdict::Patch { patch, warnings } => {
+            let base = with_warnings(base, warnings);
+            if patch.0.is_empty() {
+                return base;
+            }
+            match base.clone().with_patch(patch) {
+                Ok(r) => r,
+                // A json_patch::Patch always serializes; answer safely if it ever did not.
+                Err(e) => AdmissionResponse::from(req).deny(format!("internal error: {e}")),
+            }
+        }
+    }
+}
+
+fn with_warnings(mut r: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        r.warnings = Some(warnings);
+    }
+    r
+}
+
+/// The error answer to a review that could not be read; keeps the uid when it can be found so
+/// the API server can match it.
+pub fn invalid(body: &[u8], message: String) -> AdmissionResponse {
+    #[derive(Deserialize)]
+    struct UidOnly {
+        request: Option<UidRequest>,
+    }
+    #[derive(Deserialize)]
+    struct UidRequest {
+        uid: Option<String>,
+    }
+    let mut r = AdmissionResponse::invalid(message);
+    if let Ok(UidOnly {
+        request: Some(UidRequest { uid: Some(uid) }),
+    }) = serde_json::from_slice::<UidOnly>(body)
+    {
+        r.uid = uid;
+    }
+    r
+}
+
+/// Parses a review; the error names the offending field (`request.object.spec...`).
+pub fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
+where
+    T: kube::Resource + DeserializeOwned,
+{
+    // Fast path without path tracking; re-parse only to explain a failure.
+    let review: AdmissionReview<T> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(_) => {
+            let de = &mut serde_json::Deserializer::from_slice(body);
+            return Err(match serde_path_to_error::deserialize::<_, AdmissionReview<T>>(de) {
+                Ok(_) => "malformed AdmissionReview".to_string(),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    if path == "." || path.is_empty() {
+                        format!("malformed AdmissionReview: {}", e.inner())
+                    } else {
+                        format!("malformed AdmissionReview at {path}: {}", e.inner())
+                    }
+                }
+            });
+        }
+    };
+    review
+        .try_into()
+        .map_err(|_| "malformed AdmissionReview: no request (expected admission.k8s.io/v1 AdmissionReview with a request)".to_string())
+}
+
+fn json_response(resp: AdmissionResponse) -> Response {
+    match serde_json::to_vec(&resp.into_review()) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not encode the response: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Runs one webhook: checks the content type, parses, decides, records metrics, answers.
+pub fn handle<T, F>(
+    webhook: &'static str,
+    metrics: &Metrics,
+    headers: &HeaderMap,
+    body: &Bytes,
+    decide: F,
+) -> Response
+where
+    T: kube::Resource + DeserializeOwned,
+    F: FnOnce(&AdmissionRequest<T>) -> Verdict,
+{
+    let start = Instant::now();
+    let record = |op: &str, result: &str| {
+        metrics
+            .admission_requests
+            .with_label_values(&[webhook, op, result])
+            .inc();
+        metrics
+            .admission_duration
+            .with_label_values(&[webhook])
+            .observe(start.elapsed().as_secs_f64());
+    };
+    if !is_json(headers) {
+        record("UNKNOWN", "error");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an AdmissionReview must be sent with Content-Type: application/json",
+        )
+            .into_response();
+    }
+    let req = match parse::<T>(body) {
+        Ok(req) => req,
+        Err(msg) => {
+            record("UNKNOWN", "error");
+            debug!(webhook, error = %msg, "malformed AdmissionReview");
+            return json_response(invalid(body, msg));
+        }
+    };
+    let verdict = decide(&req);
+    let op = operation_label(&req.operation);
+    record(op, verdict.result_label());
+    debug!(
+        webhook,
+        uid = %req.uid,
+        namespace = req.namespace.as_deref().unwrap_or(""),
+        operation = op,
+        result = verdict.result_label(),
+        "admission decided"
+    );
+    json_response(respond(&req, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::DynamicObject;
+
+    #[test]
+    fn malformed_bodies_name_the_problem_and_keep_the_uid() {
+        let err = parse::<DynamicObject>(b"not json").expect_err("bad json");
+        assert!(err.starts_with("malformed AdmissionReview"), "{err}");
+        let err = parse::<DynamicObject>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+            .expect_err("no request");
+        assert!(err.contains("no request"), "{err}");
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","operation":"EXPLODE"}}"#;
+        let err = parse::<DynamicObject>(body).expect_err("bad op");
+        assert!(err.contains("request"), "{err}");
+        let resp = invalid(body, err);
+        assert_eq!(resp.uid, "u-1");
+        assert!(!resp.allowed);
+    }
+
+    #[test]
+    fn content_type_with_parameters_is_json() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().expect("hv"));
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().expect("hv"));
+        assert!(!is_json(&h));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
