@@ -130,7 +130,13 @@ where
 }
 
 fn json_response(resp: AdmissionResponse) -> Response {
-    match serde_json::to_vec(&resp.into_review()) {
+    let mut review = resp.into_review();
+    // Only admission.k8s.io/v1 is registered; never echo whatever `kind` a caller sent.
+    review.types = kube::core::TypeMeta {
+        api_version: "admission.k8s.io/v1".to_string(),
+        kind: "AdmissionReview".to_string(),
+    };
+    match serde_json::to_vec(&review) {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
