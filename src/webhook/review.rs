@@ -8,8 +8,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use json_patch::Patch;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use serde::Deserialize;
+use kube::core::admission::{AdmissionResponse, Operation};
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
@@ -53,12 +53,40 @@ pub fn operation_label(op: &Operation) -> &'static str {
     }
 }
 
-/// Builds the response for a request and a verdict.
-pub fn respond<T: kube::Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -> AdmissionResponse {
-    let base = AdmissionResponse::from(req);
+/// The fields of an `admission.k8s.io/v1` AdmissionReview request the decisions use. Reading
+/// only these (the rest of the review is skipped without allocating) is a third cheaper than
+/// the full `kube::core::admission::AdmissionRequest`; responses are kube's `AdmissionResponse`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRequest<T> {
+    pub uid: String,
+    pub operation: Operation,
+    pub namespace: Option<String>,
+    pub object: Option<T>,
+    pub old_object: Option<T>,
+}
+
+#[derive(Deserialize)]
+struct Review<T> {
+    request: Option<ReviewRequest<T>>,
+}
+
+/// Builds the response for a request uid and a verdict.
+pub fn respond(uid: &str, verdict: Verdict) -> AdmissionResponse {
+    // `AdmissionResponse` has no public constructor without a typed request: start from
+    // `invalid` and make it the plain "allowed" answer `From<&AdmissionRequest>` would give.
+    let mut base = AdmissionResponse::invalid("");
+    base.uid = uid.to_string();
+    base.allowed = true;
+    base.result = Default::default();
     match verdict {
         Verdict::Allow { warnings } => with_warnings(base, warnings),
-        Verdict::Deny(msg) => base.deny(msg),
+        Verdict::Deny(msg) => {
+            let mut r = base.deny(msg);
+            r.result.code = 403;
+            r.result.reason = "Forbidden".to_string();
+            r
+        }
         Verdict::Patch { patch, warnings } => {
             let base = with_warnings(base, warnings);
             if patch.0.is_empty() {
@@ -67,7 +95,7 @@ pub fn respond<T: kube::Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -
             match base.clone().with_patch(patch) {
                 Ok(r) => r,
                 // A json_patch::Patch always serializes; answer safely if it ever did not.
-                Err(e) => AdmissionResponse::from(req).deny(format!("internal error: {e}")),
+                Err(e) => base.deny(format!("internal error: {e}")),
             }
         }
     }
@@ -102,16 +130,13 @@ pub fn invalid(body: &[u8], message: String) -> AdmissionResponse {
 }
 
 /// Parses a review; the error names the offending field (`request.object.spec...`).
-pub fn parse<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
-where
-    T: kube::Resource + DeserializeOwned,
-{
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<ReviewRequest<T>, String> {
     // Fast path without path tracking; re-parse only to explain a failure.
-    let review: AdmissionReview<T> = match serde_json::from_slice(body) {
+    let review: Review<T> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(_) => {
             let de = &mut serde_json::Deserializer::from_slice(body);
-            return Err(match serde_path_to_error::deserialize::<_, AdmissionReview<T>>(de) {
+            return Err(match serde_path_to_error::deserialize::<_, Review<T>>(de) {
                 Ok(_) => "malformed AdmissionReview".to_string(),
                 Err(e) => {
                     let path = e.path().to_string();
@@ -124,19 +149,56 @@ where
             });
         }
     };
-    review
-        .try_into()
-        .map_err(|_| "malformed AdmissionReview: no request (expected admission.k8s.io/v1 AdmissionReview with a request)".to_string())
+    review.request.ok_or_else(|| {
+        "malformed AdmissionReview: no request (expected admission.k8s.io/v1 AdmissionReview with a request)".to_string()
+    })
+}
+
+/// The wire form of a response: an `admission.k8s.io/v1` AdmissionReview (never echoing
+/// whatever `kind` a caller sent), with the patch base64-encoded as the API server's `[]byte`
+/// field expects.
+pub fn encode(resp: &AdmissionResponse) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a kube::core::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Envelope<'a> {
+        api_version: &'static str,
+        kind: &'static str,
+        response: Wire<'a>,
+    }
+    use base64::Engine;
+    let patch = resp
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    serde_json::to_vec(&Envelope {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: Wire {
+            uid: &resp.uid,
+            allowed: resp.allowed,
+            status: &resp.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: resp.warnings.as_ref(),
+        },
+    })
 }
 
 fn json_response(resp: AdmissionResponse) -> Response {
-    let mut review = resp.into_review();
-    // Only admission.k8s.io/v1 is registered; never echo whatever `kind` a caller sent.
-    review.types = kube::core::TypeMeta {
-        api_version: "admission.k8s.io/v1".to_string(),
-        kind: "AdmissionReview".to_string(),
-    };
-    match serde_json::to_vec(&review) {
+    match encode(&resp) {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -168,8 +230,8 @@ pub fn handle<T, F>(
     decide: F,
 ) -> Response
 where
-    T: kube::Resource + DeserializeOwned,
-    F: FnOnce(&AdmissionRequest<T>) -> Verdict,
+    T: DeserializeOwned,
+    F: FnOnce(&ReviewRequest<T>) -> Verdict,
 {
     let start = Instant::now();
     let record = |op: &str, result: &str| {
@@ -209,27 +271,52 @@ where
         result = verdict.result_label(),
         "admission decided"
     );
-    json_response(respond(&req, verdict))
+    json_response(respond(&req.uid, verdict))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::DynamicObject;
+    use serde_json::Value;
 
     #[test]
     fn malformed_bodies_name_the_problem_and_keep_the_uid() {
-        let err = parse::<DynamicObject>(b"not json").expect_err("bad json");
+        let err = parse::<Value>(b"not json").expect_err("bad json");
         assert!(err.starts_with("malformed AdmissionReview"), "{err}");
-        let err = parse::<DynamicObject>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+        let err = parse::<Value>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
             .expect_err("no request");
         assert!(err.contains("no request"), "{err}");
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","operation":"EXPLODE"}}"#;
-        let err = parse::<DynamicObject>(body).expect_err("bad op");
+        let err = parse::<Value>(body).expect_err("bad op");
         assert!(err.contains("request"), "{err}");
         let resp = invalid(body, err);
         assert_eq!(resp.uid, "u-1");
         assert!(!resp.allowed);
+    }
+
+    #[test]
+    fn wire_form_has_base64_patch_and_v1_envelope() {
+        let patch: Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/spec/runtimeClassName", "value": "kata"}
+        ]))
+        .expect("patch");
+        let resp = respond("u-2", Verdict::Patch { patch, warnings: vec!["w".into()] });
+        let v: Value = serde_json::from_slice(&encode(&resp).expect("encode")).expect("json");
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-2");
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        assert_eq!(v["response"]["warnings"][0], "w");
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().expect("base64 text"))
+            .expect("base64");
+        let ops: Value = serde_json::from_slice(&raw).expect("json patch");
+        assert_eq!(ops[0]["path"], "/spec/runtimeClassName");
+        let denied: Value = serde_json::from_slice(&encode(&respond("u-3", Verdict::Deny("no".into()))).expect("e")).expect("j");
+        assert_eq!(denied["response"]["allowed"], false);
+        assert_eq!(denied["response"]["status"]["code"], 403);
+        assert_eq!(denied["response"]["status"]["message"], "no");
     }
 
     #[test]
