@@ -17,15 +17,23 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: std::net::SocketAddr = args.next().unwrap_or_else(|| "127.0.0.1:19443".into()).parse()?;
+    let addr: std::net::SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:19443".into())
+        .parse()?;
     let ca_out = args.next().unwrap_or_else(|| "/tmp/webhook-ca.crt".into());
 
     let metrics = Arc::new(Metrics::new());
     let store = CertStore::new(Some(metrics.clone()));
     let hosts = vec![addr.ip().to_string(), "localhost".to_string()];
-    let material = plan(None, &hosts, jiff::Timestamp::now().as_second(), &Lifetimes::default())?
-        .write
-        .ok_or_else(|| anyhow::anyhow!("no certificate material generated"))?;
+    let material = plan(
+        None,
+        &hosts,
+        jiff::Timestamp::now().as_second(),
+        &Lifetimes::default(),
+    )?
+    .write
+    .ok_or_else(|| anyhow::anyhow!("no certificate material generated"))?;
     store.load_pem(
         material.tls_crt.as_bytes(),
         material.tls_key.as_bytes(),
@@ -49,7 +57,13 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    serve(listener, router(state), Some(tls_config(store.resolver())), shutdown).await?;
+    serve(
+        listener,
+        router(state),
+        Some(tls_config(store.resolver())),
+        shutdown,
+    )
+    .await?;
     drop(writers);
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! - `cli`: command-line definitions.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod crdgen;
 pub mod health;
@@ -19,5 +20,4 @@ pub mod plan;
 pub mod render;
 pub mod selector;
 pub mod server;
-pub mod certs;
 pub mod webhook;

@@ -74,7 +74,11 @@ impl TestCa {
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
 
-    fn client_config(&self, alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+    fn client_config(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut self.pem.as_bytes()) {
             roots.add(c.expect("pem")).expect("root");
@@ -115,7 +119,9 @@ async fn start(ca: &TestCa) -> Server {
         operator_namespace: Arc::from("openshift-sandboxed-containers-operator"),
         metrics: metrics.clone(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     tokio::spawn(serve(
@@ -152,7 +158,12 @@ fn sample(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-async fn review(c: &reqwest::Client, addr: SocketAddr, path: &str, body: Vec<u8>) -> (reqwest::Version, Value) {
+async fn review(
+    c: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> (reqwest::Version, Value) {
     let resp = c
         .post(format!("https://127.0.0.1:{}{path}", addr.port()))
         .header("content-type", "application/json")
@@ -169,11 +180,14 @@ fn patched_object(request: &[u8], response: &Value) -> Value {
     // kube-core sends the bytes as a JSON array (which the API server's decoder accepts for a
     // []byte field); base64 text is the other accepted form.
     let patch: Vec<u8> = match &response["patch"] {
-        Value::String(s) => base64::engine::general_purpose::STANDARD.decode(s).expect("base64"),
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64"),
         other => serde_json::from_value(other.clone()).expect("patch bytes"),
     };
     let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("json patch");
-    let mut obj: Value = serde_json::from_slice::<Value>(request).expect("req")["request"]["object"].clone();
+    let mut obj: Value =
+        serde_json::from_slice::<Value>(request).expect("req")["request"]["object"].clone();
     json_patch::patch(&mut obj, &patch.0).expect("patch applies to the real pod");
     obj
 }
@@ -182,7 +196,10 @@ fn patched_object(request: &[u8], response: &Value) -> Value {
 async fn every_endpoint_answers_the_samples_over_http1_and_h2() {
     let ca = TestCa::new();
     let server = start(&ca).await;
-    for (h2, want) in [(false, reqwest::Version::HTTP_11), (true, reqwest::Version::HTTP_2)] {
+    for (h2, want) in [
+        (false, reqwest::Version::HTTP_11),
+        (true, reqwest::Version::HTTP_2),
+    ] {
         let c = client(&ca, h2);
         let addr = server.addr;
 
@@ -197,9 +214,19 @@ async fn every_endpoint_answers_the_samples_over_http1_and_h2() {
         assert_eq!(resp["patchType"], "JSONPatch");
         let pod = patched_object(&body, resp);
         assert_eq!(pod["spec"]["runtimeClassName"], "kata");
-        assert_eq!(pod["spec"]["overhead"], serde_json::json!({"cpu": "250m", "memory": "350Mi"}));
-        assert_eq!(pod["spec"]["nodeSelector"]["node-role.kubernetes.io/kata-oc"], "");
-        assert_eq!(pod["spec"]["tolerations"].as_array().expect("kept").len(), 2, "defaults kept");
+        assert_eq!(
+            pod["spec"]["overhead"],
+            serde_json::json!({"cpu": "250m", "memory": "350Mi"})
+        );
+        assert_eq!(
+            pod["spec"]["nodeSelector"]["node-role.kubernetes.io/kata-oc"],
+            ""
+        );
+        assert_eq!(
+            pod["spec"]["tolerations"].as_array().expect("kept").len(),
+            2,
+            "defaults kept"
+        );
 
         let (_, r) = review(&c, addr, "/mutate-pod", sample("pod-plain-allow")).await;
         assert_eq!(r["response"]["allowed"], true);
@@ -207,47 +234,125 @@ async fn every_endpoint_answers_the_samples_over_http1_and_h2() {
 
         let (_, r) = review(&c, addr, "/mutate-pod", sample("pod-create-by-replicaset")).await;
         assert_eq!(r["response"]["allowed"], true);
-        assert!(r["response"].get("patch").is_none(), "unlabelled namespace, default allow");
+        assert!(
+            r["response"].get("patch").is_none(),
+            "unlabelled namespace, default allow"
+        );
 
         let (_, r) = review(&c, addr, "/validate-pod", sample("pod-kata-deny")).await;
         assert_eq!(r["response"]["allowed"], false);
-        let msg = r["response"]["status"]["message"].as_str().expect("message");
+        let msg = r["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
         assert!(msg.contains("may not use the kata RuntimeClass"), "{msg}");
 
         let (_, r) = review(&c, addr, "/validate-pod", sample("pod-gvisor-require")).await;
         assert_eq!(r["response"]["allowed"], false);
 
         let (_, r) = review(&c, addr, "/validate-pod", sample("pod-kata-require")).await;
-        assert_eq!(r["response"]["allowed"], true, "the API server's own kata pod (overhead filled in) passes");
+        assert_eq!(
+            r["response"]["allowed"], true,
+            "the API server's own kata pod (overhead filled in) passes"
+        );
 
-        let (_, r) = review(&c, addr, "/validate-pod", sample("pod-create-kata-hostnetwork")).await;
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-pod",
+            sample("pod-create-kata-hostnetwork"),
+        )
+        .await;
         assert_eq!(r["response"]["allowed"], false);
-        let msg = r["response"]["status"]["message"].as_str().expect("message");
-        assert!(msg.contains("hostNetwork") && msg.contains("virtual machine"), "{msg}");
+        let msg = r["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
+        assert!(
+            msg.contains("hostNetwork") && msg.contains("virtual machine"),
+            "{msg}"
+        );
 
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-create-second")).await;
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-create-second"),
+        )
+        .await;
         assert_eq!(r["response"]["allowed"], false);
-        let msg = r["response"]["status"]["message"].as_str().expect("message");
-        assert!(msg.contains("\"example-kataconfig\" already exists"), "{msg}");
+        let msg = r["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
+        assert!(
+            msg.contains("\"example-kataconfig\" already exists"),
+            "{msg}"
+        );
 
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-create-bad-selector")).await;
-        let msg = r["response"]["status"]["message"].as_str().expect("message");
-        assert!(msg.contains("spec.kataConfigPoolSelector.matchExpressions[0].values: must be specified"), "{msg}");
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-create-bad-selector"),
+        )
+        .await;
+        let msg = r["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
+        assert!(
+            msg.contains(
+                "spec.kataConfigPoolSelector.matchExpressions[0].values: must be specified"
+            ),
+            "{msg}"
+        );
 
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-create-bad-loglevel")).await;
-        let msg = r["response"]["status"]["message"].as_str().expect("message");
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-create-bad-loglevel"),
+        )
+        .await;
+        let msg = r["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
         assert!(msg.contains("spec.logLevel"), "{msg}");
 
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-create-no-match")).await;
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-create-no-match"),
+        )
+        .await;
         assert_eq!(r["response"]["allowed"], true);
         let warnings = r["response"]["warnings"].to_string();
         assert!(warnings.contains("no worker node matches"), "{warnings}");
 
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-create")).await;
-        assert_eq!(r["response"]["allowed"], true, "same name as the existing one: a retry");
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-delete")).await;
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-create"),
+        )
+        .await;
+        assert_eq!(
+            r["response"]["allowed"], true,
+            "same name as the existing one: a retry"
+        );
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-delete"),
+        )
+        .await;
         assert_eq!(r["response"]["allowed"], true);
-        let (_, r) = review(&c, addr, "/validate-kataconfig", sample("kataconfig-update")).await;
+        let (_, r) = review(
+            &c,
+            addr,
+            "/validate-kataconfig",
+            sample("kataconfig-update"),
+        )
+        .await;
         assert_eq!(r["response"]["allowed"], true);
     }
     let text = server.metrics.encode();
@@ -291,7 +396,12 @@ async fn malformed_reviews_get_http_200_with_an_error_result() {
     )
     .await;
     assert_eq!(r["response"]["uid"], "keep-me");
-    assert!(server.metrics.encode().contains(r#"result="error",webhook="mutate-pod""#));
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains(r#"result="error",webhook="mutate-pod""#)
+    );
     server.shutdown.cancel();
 }
 
@@ -319,7 +429,12 @@ async fn oversize_body_and_wrong_content_type_are_refused() {
             .await
             .expect("send");
         assert_eq!(resp.status(), 415);
-        assert!(resp.text().await.expect("text").contains("Content-Type: application/json"));
+        assert!(
+            resp.text()
+                .await
+                .expect("text")
+                .contains("Content-Type: application/json")
+        );
         let resp = c.get(&url).send().await.expect("send");
         assert_eq!(resp.status(), 405);
     }
@@ -330,9 +445,14 @@ async fn handshake(
     connector: &tokio_rustls::TlsConnector,
     addr: SocketAddr,
 ) -> Result<Vec<u8>, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     let (_, conn) = tls.get_ref();
     conn.peer_certificates()
         .and_then(|c| c.first())
@@ -346,7 +466,9 @@ async fn tls12_only_clients_are_served() {
     let server = start(&ca).await;
     let cfg = ca.client_config(&[b"http/1.1"], &[&rustls::version::TLS12]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    handshake(&connector, server.addr).await.expect("TLS 1.2 handshake");
+    handshake(&connector, server.addr)
+        .await
+        .expect("TLS 1.2 handshake");
     server.shutdown.cancel();
 }
 
@@ -378,7 +500,9 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     for f in ["tls.crt", "tls.key"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).expect("link");
     }
-    dir::load_once(&server.store, &dir).await.expect("initial load");
+    dir::load_once(&server.store, &dir)
+        .await
+        .expect("initial load");
     tokio::spawn(dir::watch(
         server.store.clone(),
         dir.clone(),
@@ -428,7 +552,9 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     swap_data(&dir, "..2026_11_23_2");
     wait_for(200).await;
     assert_eq!(server.store.info().expect("loaded").not_after, {
-        sandboxed_containers_operator::certs::inspect(&old_crt, "old").expect("i").not_after
+        sandboxed_containers_operator::certs::inspect(&old_crt, "old")
+            .expect("i")
+            .not_after
     });
     write_version(&dir, "..2026_11_23_3", &new_crt, &new_key);
     swap_data(&dir, "..2026_11_23_3");
@@ -436,14 +562,23 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     let (failures, new_in_a_row, served_old) = client.await.expect("client");
     assert!(failures.is_empty(), "failed handshakes: {failures:?}");
     assert!(served_old >= 200, "old certificate served before the swap");
-    assert_eq!(new_in_a_row, 50, "the new certificate is served after the swap");
+    assert_eq!(
+        new_in_a_row, 50,
+        "the new certificate is served after the swap"
+    );
     assert_ne!(old_der, new_der);
 
     let logs = String::from_utf8_lossy(&captured_logs().lock().expect("logs")).to_string();
-    assert!(logs.contains("still serving the previous one"), "bad update was reported");
+    assert!(
+        logs.contains("still serving the previous one"),
+        "bad update was reported"
+    );
     for key in [&old_key, &new_key] {
         let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-        assert!(!logs.contains(&body[..40]), "private key material in the logs");
+        assert!(
+            !logs.contains(&body[..40]),
+            "private key material in the logs"
+        );
     }
     assert!(!logs.contains("PRIVATE KEY"));
     server.shutdown.cancel();

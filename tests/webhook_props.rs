@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use http::Request;
+use kube::core::admission::Operation;
 use proptest::prelude::*;
 use sandboxed_containers_operator::api::{KataConfig, KataConfigSpec};
 use sandboxed_containers_operator::metrics::Metrics;
@@ -16,12 +17,14 @@ use sandboxed_containers_operator::webhook::cache::{KataEnv, KataState, PodEnv};
 use sandboxed_containers_operator::webhook::pod::{self, PodView};
 use sandboxed_containers_operator::webhook::review::Verdict;
 use sandboxed_containers_operator::webhook::{Caches, WebhookState, kataconfig, router, samples};
-use kube::core::admission::Operation;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 fn sample(name: &str) -> Value {
-    let path = format!("{}/webhooks/samples/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/webhooks/samples/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_slice(&std::fs::read(&path).expect("sample")).expect("json")
 }
 
@@ -82,8 +85,13 @@ async fn call(app: axum::Router, path: &str, body: Vec<u8>) -> (u16, Value) {
         .expect("request");
     let resp = app.oneshot(req).await.expect("infallible");
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn well_formed(status: u16, v: &Value) {
@@ -92,7 +100,13 @@ fn well_formed(status: u16, v: &Value) {
     assert!(v["response"]["uid"].is_string(), "{v}");
     assert!(v["response"]["allowed"].is_boolean(), "{v}");
     if v["response"]["allowed"] == false {
-        assert!(!v["response"]["status"]["message"].as_str().unwrap_or_default().is_empty(), "{v}");
+        assert!(
+            !v["response"]["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{v}"
+        );
     }
 }
 
@@ -166,12 +180,20 @@ fn pod_strategy() -> impl Strategy<Value = PodView> {
 fn env(label: Option<String>, default: &str, installed: bool) -> PodEnv {
     PodEnv {
         operator_namespace: "osc".into(),
-        namespace_labels: Some(label.map(|l| BTreeMap::from([(NAMESPACE_POLICY_LABEL.to_string(), l)])).unwrap_or_default()),
+        namespace_labels: Some(
+            label
+                .map(|l| BTreeMap::from([(NAMESPACE_POLICY_LABEL.to_string(), l)]))
+                .unwrap_or_default(),
+        ),
         kata: Some(KataState {
             name: "example".into(),
             default_policy: default.into(),
             runtime_class_names: vec!["kata".into()],
-            runtime_classes: if installed { vec![Arc::new(samples::kata_runtime_class())] } else { vec![] },
+            runtime_classes: if installed {
+                vec![Arc::new(samples::kata_runtime_class())]
+            } else {
+                vec![]
+            },
         }),
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{CertError, CertStore};
 use super::issue::{CA_CRT, TLS_CRT, TLS_KEY};
+use super::{CertError, CertStore};
 
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
@@ -31,8 +31,12 @@ async fn read(dir: &Path) -> Result<Seen, CertError> {
         what: path.display().to_string(),
         reason: e.kind().to_string(),
     };
-    let crt = tokio::fs::read(file(TLS_CRT)).await.map_err(|e| io(file(TLS_CRT), e))?;
-    let key = tokio::fs::read(file(TLS_KEY)).await.map_err(|e| io(file(TLS_KEY), e))?;
+    let crt = tokio::fs::read(file(TLS_CRT))
+        .await
+        .map_err(|e| io(file(TLS_CRT), e))?;
+    let key = tokio::fs::read(file(TLS_KEY))
+        .await
+        .map_err(|e| io(file(TLS_KEY), e))?;
     let ca = match tokio::fs::read(file(CA_CRT)).await {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

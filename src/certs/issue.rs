@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 
@@ -85,13 +85,18 @@ pub fn new_ca(now: i64, validity: Duration) -> Result<(String, String), CertErro
     let key = KeyPair::generate().map_err(|e| err("CA key", e))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("sandboxed-containers-operator-ca@{now}"));
+    dn.push(
+        DnType::CommonName,
+        format!("sandboxed-containers-operator-ca@{now}"),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = at(now - secs(BACKDATE))?;
     params.not_after = at(now + secs(validity))?;
-    let cert = params.self_signed(&key).map_err(|e| err("CA certificate", e))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| err("CA certificate", e))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -114,7 +119,10 @@ pub fn new_serving(
         hosts.first().cloned().unwrap_or_default(),
     );
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = at(now - secs(BACKDATE))?;
@@ -298,8 +306,9 @@ mod tests {
     #[test]
     fn fresh_material_verifies_and_covers_the_hosts() {
         let m = written(plan(None, &hosts(), NOW, &Lifetimes::default()).expect("plan"));
-        let (_, info) = crate::certs::certified_key(m.tls_crt.as_bytes(), m.tls_key.as_bytes(), "t")
-            .expect("key matches");
+        let (_, info) =
+            crate::certs::certified_key(m.tls_crt.as_bytes(), m.tls_key.as_bytes(), "t")
+                .expect("key matches");
         assert_eq!(info.sans, hosts());
         assert!(!info.is_ca);
         assert!(inspect(&m.ca_crt, "ca").expect("ca").is_ca);
@@ -326,7 +335,9 @@ mod tests {
         ));
         // Issued at NOW (2027); verify at NOW to stay within validity.
         let _ = now;
-        let at_now = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(NOW as u64));
+        let at_now = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            NOW as u64,
+        ));
         use rustls::client::danger::ServerCertVerifier;
         verifier
             .verify_server_cert(
@@ -359,7 +370,10 @@ mod tests {
         let m = written(plan(None, &hosts(), NOW, &l).expect("plan"));
         let url_host = vec!["127.0.0.1".to_string()];
         let p = plan(Some(&m), &url_host, NOW + 60, &l).expect("plan");
-        assert_eq!(p.reason, "serving certificate does not cover the webhook host");
+        assert_eq!(
+            p.reason,
+            "serving certificate does not cover the webhook host"
+        );
         let r = written(p);
         assert_eq!(r.ca_crt, m.ca_crt);
         assert_eq!(inspect(&r.tls_crt, "t").expect("i").sans, url_host);
@@ -375,12 +389,25 @@ mod tests {
         let rolled = written(p);
         let cas = split_pem(&rolled.ca_crt);
         assert_eq!(cas.len(), 2);
-        assert_eq!(cas[1], split_pem(&m.ca_crt)[0], "old CA kept after the new one");
-        assert_eq!(rolled.tls_crt, m.tls_crt, "serving cert untouched in the same step");
+        assert_eq!(
+            cas[1],
+            split_pem(&m.ca_crt)[0],
+            "old CA kept after the new one"
+        );
+        assert_eq!(
+            rolled.tls_crt, m.tls_crt,
+            "serving cert untouched in the same step"
+        );
         // The serving certificate (renewed earlier in real life) is due now: wait for propagation.
         let mut due = rolled.clone();
-        let (c, k) = new_serving(&cas[1], &m.ca_key, &hosts(), t1 - 340 * DAY as i64, l.cert_validity)
-            .expect("old-CA cert");
+        let (c, k) = new_serving(
+            &cas[1],
+            &m.ca_key,
+            &hosts(),
+            t1 - 340 * DAY as i64,
+            l.cert_validity,
+        )
+        .expect("old-CA cert");
         due.tls_crt = c;
         due.tls_key = k;
         let p = plan(Some(&due), &hosts(), t1 + 60, &l).expect("plan");

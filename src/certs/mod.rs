@@ -174,11 +174,16 @@ impl CertStore {
             // Refuse a bundle that is not PEM certificates: the API server would reject it.
             certs_from_pem(ca.as_bytes(), &format!("{what} (CA bundle)"))?;
         }
-        let unchanged = self.current.load().as_ref().is_some_and(|c| c.cert == ck.cert)
+        let unchanged = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.cert == ck.cert)
             && self.ca_bundle.load().as_deref().map(String::as_str) == ca_bundle;
         self.current.store(Some(Arc::new(ck)));
         self.info.store(Some(Arc::new(info.clone())));
-        self.ca_bundle.store(ca_bundle.map(|s| Arc::new(s.to_string())));
+        self.ca_bundle
+            .store(ca_bundle.map(|s| Arc::new(s.to_string())));
         if let Some(m) = &self.metrics {
             m.certificate_expiry.set(info.not_after as f64);
         }
@@ -242,11 +247,15 @@ mod tests {
     fn bad_reload_keeps_the_last_good_certificate() {
         let store = CertStore::new(Some(Arc::new(Metrics::new())));
         let (c1, k1) = pair("one.example");
-        let info = store.load_pem(c1.as_bytes(), k1.as_bytes(), None, "test").expect("good");
+        let info = store
+            .load_pem(c1.as_bytes(), k1.as_bytes(), None, "test")
+            .expect("good");
         assert_eq!(info.sans, ["one.example"]);
         let rx = store.subscribe();
         let (c2, _) = pair("two.example");
-        let err = store.load_pem(c2.as_bytes(), k1.as_bytes(), None, "tls.crt").expect_err("mismatch");
+        let err = store
+            .load_pem(c2.as_bytes(), k1.as_bytes(), None, "tls.crt")
+            .expect_err("mismatch");
         assert!(matches!(err, CertError::KeyMismatch { .. }), "{err}");
         assert!(err.to_string().starts_with("tls.crt:"), "{err}");
         assert_eq!(store.info().expect("loaded").sans, ["one.example"]);
@@ -257,14 +266,26 @@ mod tests {
     fn errors_name_the_source_and_never_echo_key_material() {
         let store = CertStore::new(None);
         let (c, k) = pair("x.example");
-        let err = store.load_pem(b"", k.as_bytes(), None, "dir/tls.crt").expect_err("empty");
+        let err = store
+            .load_pem(b"", k.as_bytes(), None, "dir/tls.crt")
+            .expect_err("empty");
         assert_eq!(err.to_string(), "dir/tls.crt: no PEM certificate found");
-        let err = store.load_pem(c.as_bytes(), b"garbage", None, "dir/tls.key").expect_err("no key");
-        assert!(err.to_string().contains("no PEM private key found"), "{err}");
+        let err = store
+            .load_pem(c.as_bytes(), b"garbage", None, "dir/tls.key")
+            .expect_err("no key");
+        assert!(
+            err.to_string().contains("no PEM private key found"),
+            "{err}"
+        );
         // A key given where the certificate belongs: no certificate, and no key bytes echoed.
-        let err = store.load_pem(k.as_bytes(), k.as_bytes(), None, "s").expect_err("swapped");
+        let err = store
+            .load_pem(k.as_bytes(), k.as_bytes(), None, "s")
+            .expect_err("swapped");
         let text = format!("{err} {err:?} {store:?}");
-        assert!(!text.contains("PRIVATE KEY") && !text.contains(&k[40..80]), "{text}");
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains(&k[40..80]),
+            "{text}"
+        );
         let err = store
             .load_pem(c.as_bytes(), k.as_bytes(), Some("not pem"), "s")
             .expect_err("bad bundle");

@@ -51,10 +51,22 @@ pub fn material_from_secret(secret: &Secret) -> Option<CertMaterial> {
 
 fn secret_data(m: &CertMaterial) -> BTreeMap<String, ByteString> {
     BTreeMap::from([
-        (CA_CRT.to_string(), ByteString(m.ca_crt.clone().into_bytes())),
-        (CA_KEY.to_string(), ByteString(m.ca_key.clone().into_bytes())),
-        (TLS_CRT.to_string(), ByteString(m.tls_crt.clone().into_bytes())),
-        (TLS_KEY.to_string(), ByteString(m.tls_key.clone().into_bytes())),
+        (
+            CA_CRT.to_string(),
+            ByteString(m.ca_crt.clone().into_bytes()),
+        ),
+        (
+            CA_KEY.to_string(),
+            ByteString(m.ca_key.clone().into_bytes()),
+        ),
+        (
+            TLS_CRT.to_string(),
+            ByteString(m.tls_crt.clone().into_bytes()),
+        ),
+        (
+            TLS_KEY.to_string(),
+            ByteString(m.tls_key.clone().into_bytes()),
+        ),
     ])
 }
 
@@ -110,7 +122,8 @@ pub async fn reconcile_once(
         Some(mut secret) => {
             // Replace carries the resourceVersion we read: optimistic concurrency between replicas.
             secret.data = Some(secret_data(&new));
-            api.replace(&cfg.name, &PostParams::default(), &secret).await
+            api.replace(&cfg.name, &PostParams::default(), &secret)
+                .await
         }
     };
     match result {
@@ -209,7 +222,11 @@ mod tests {
         let server = tokio::spawn(async move {
             let (req, send) = handle.next_request().await.expect("get");
             assert_eq!(req.method(), Method::GET);
-            assert!(req.uri().path().ends_with(&format!("/secrets/{SECRET_NAME}")));
+            assert!(
+                req.uri()
+                    .path()
+                    .ends_with(&format!("/secrets/{SECRET_NAME}"))
+            );
             send.send_response(json(StatusCode::NOT_FOUND, status(404, "NotFound")));
             let (req, send) = handle.next_request().await.expect("create");
             assert_eq!(req.method(), Method::POST);
@@ -223,7 +240,12 @@ mod tests {
         let wait = reconcile_once(&api, &cfg(), &store).await.expect("ok");
         server.await.expect("server");
         assert!(store.is_loaded());
-        assert!(store.ca_bundle().expect("bundle").contains("BEGIN CERTIFICATE"));
+        assert!(
+            store
+                .ca_bundle()
+                .expect("bundle")
+                .contains("BEGIN CERTIFICATE")
+        );
         assert_eq!(store.info().expect("info").sans, service_hosts("svc", "op"));
         assert!(wait > Duration::ZERO);
     }
@@ -232,10 +254,15 @@ mod tests {
     async fn losing_the_create_race_serves_the_winners_certificate() {
         let (api, mut handle) = mock();
         let store = CertStore::new(None);
-        let winner = plan(None, &cfg().hosts, jiff::Timestamp::now().as_second(), &Lifetimes::default())
-            .expect("plan")
-            .write
-            .expect("material");
+        let winner = plan(
+            None,
+            &cfg().hosts,
+            jiff::Timestamp::now().as_second(),
+            &Lifetimes::default(),
+        )
+        .expect("plan")
+        .write
+        .expect("material");
         let winner_secret = Secret {
             metadata: ObjectMeta {
                 name: Some(SECRET_NAME.into()),
@@ -257,7 +284,9 @@ mod tests {
             assert_eq!(req.method(), Method::GET);
             send.send_response(json(StatusCode::OK, winner_json));
         });
-        let first = reconcile_once(&api, &cfg(), &store).await.expect("conflict is not an error");
+        let first = reconcile_once(&api, &cfg(), &store)
+            .await
+            .expect("conflict is not an error");
         assert_eq!(first, Duration::ZERO, "re-read at once");
         assert!(!store.is_loaded(), "our own material was not installed");
         reconcile_once(&api, &cfg(), &store).await.expect("re-read");

@@ -122,7 +122,11 @@ impl Caches {
             "namespaces",
             reflector::reflector(
                 w.namespaces,
-                watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cfg()).default_backoff(),
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    cfg(),
+                )
+                .default_backoff(),
             ),
             None,
             shutdown.clone(),
@@ -131,7 +135,8 @@ impl Caches {
             "nodes",
             reflector::reflector(
                 w.nodes,
-                watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()).default_backoff(),
+                watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg())
+                    .default_backoff(),
             ),
             None,
             shutdown.clone(),

@@ -84,7 +84,10 @@ mod tests {
 
     fn env_with(existing: &[&str]) -> KataEnv {
         KataEnv {
-            existing: existing.iter().map(|n| Arc::new(kc(n, json!({})))).collect(),
+            existing: existing
+                .iter()
+                .map(|n| Arc::new(kc(n, json!({}))))
+                .collect(),
             nodes: vec![worker("w0", &[("zone", "a")])],
         }
     }
@@ -98,7 +101,12 @@ mod tests {
 
     #[test]
     fn second_kataconfig_is_denied_naming_the_first() {
-        let msg = deny_msg(validate(&Operation::Create, Some(&kc("two", json!({}))), None, &env_with(&["one"])));
+        let msg = deny_msg(validate(
+            &Operation::Create,
+            Some(&kc("two", json!({}))),
+            None,
+            &env_with(&["one"]),
+        ));
         assert!(msg.contains("\"one\" already exists"), "{msg}");
         assert!(msg.contains("only one KataConfig"), "{msg}");
     }
@@ -106,12 +114,22 @@ mod tests {
     #[test]
     fn first_kataconfig_is_allowed() {
         assert_eq!(
-            validate(&Operation::Create, Some(&kc("one", json!({}))), None, &env_with(&[])),
+            validate(
+                &Operation::Create,
+                Some(&kc("one", json!({}))),
+                None,
+                &env_with(&[])
+            ),
             Verdict::allow()
         );
         // Re-sent CREATE of the same name (API server retry) is not a duplicate.
         assert!(matches!(
-            validate(&Operation::Create, Some(&kc("one", json!({}))), None, &env_with(&["one"])),
+            validate(
+                &Operation::Create,
+                Some(&kc("one", json!({}))),
+                None,
+                &env_with(&["one"])
+            ),
             Verdict::Allow { .. }
         ));
     }
@@ -119,51 +137,138 @@ mod tests {
     #[test]
     fn every_selector_rule_is_reported_with_its_field_path() {
         let cases = [
-            (json!({"matchExpressions": [{"key": "a", "operator": "In"}]}), "spec.kataConfigPoolSelector.matchExpressions[0].values", "must be specified"),
-            (json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]}), "spec.kataConfigPoolSelector.matchExpressions[0].values", "must be specified"),
-            (json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}), "spec.kataConfigPoolSelector.matchExpressions[0].values", "may not be specified"),
-            (json!({"matchExpressions": [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}]}), "spec.kataConfigPoolSelector.matchExpressions[0].values", "may not be specified"),
-            (json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]}), "spec.kataConfigPoolSelector.matchExpressions[0].operator", "In, NotIn, Exists, DoesNotExist"),
-            (json!({"matchExpressions": [{"key": "Bad/x", "operator": "Exists"}]}), "spec.kataConfigPoolSelector.matchExpressions[0].key", "prefix part"),
-            (json!({"matchExpressions": [{"key": "ok", "operator": "In", "values": ["fine", "-bad"]}]}), "spec.kataConfigPoolSelector.matchExpressions[0].values[1]", "valid label value"),
-            (json!({"matchLabels": {"a/b/c": "x"}}), "spec.kataConfigPoolSelector.matchLabels", "invalid key"),
-            (json!({"matchLabels": {"k": "x y"}}), "spec.kataConfigPoolSelector.matchLabels", "invalid value"),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].values",
+                "must be specified",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].values",
+                "must be specified",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].values",
+                "may not be specified",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].values",
+                "may not be specified",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].operator",
+                "In, NotIn, Exists, DoesNotExist",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "Bad/x", "operator": "Exists"}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].key",
+                "prefix part",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "ok", "operator": "In", "values": ["fine", "-bad"]}]}),
+                "spec.kataConfigPoolSelector.matchExpressions[0].values[1]",
+                "valid label value",
+            ),
+            (
+                json!({"matchLabels": {"a/b/c": "x"}}),
+                "spec.kataConfigPoolSelector.matchLabels",
+                "invalid key",
+            ),
+            (
+                json!({"matchLabels": {"k": "x y"}}),
+                "spec.kataConfigPoolSelector.matchLabels",
+                "invalid value",
+            ),
         ];
         for (sel, field, words) in cases {
             let obj = kc("one", json!({"kataConfigPoolSelector": sel}));
-            let msg = deny_msg(validate(&Operation::Create, Some(&obj), None, &env_with(&[])));
-            assert!(msg.contains(&format!("{field}:")), "{field} missing in {msg}");
+            let msg = deny_msg(validate(
+                &Operation::Create,
+                Some(&obj),
+                None,
+                &env_with(&[]),
+            ));
+            assert!(
+                msg.contains(&format!("{field}:")),
+                "{field} missing in {msg}"
+            );
             assert!(msg.contains(words), "{words} missing in {msg}");
         }
     }
 
     #[test]
     fn bad_log_level_and_policy_are_denied() {
-        let obj = kc("one", json!({"logLevel": "verbose", "namespacePolicy": {"default": "maybe"}}));
-        let msg = deny_msg(validate(&Operation::Create, Some(&obj), None, &env_with(&[])));
-        assert!(msg.contains("spec.logLevel: unsupported CRI-O log level \"verbose\""), "{msg}");
+        let obj = kc(
+            "one",
+            json!({"logLevel": "verbose", "namespacePolicy": {"default": "maybe"}}),
+        );
+        let msg = deny_msg(validate(
+            &Operation::Create,
+            Some(&obj),
+            None,
+            &env_with(&[]),
+        ));
+        assert!(
+            msg.contains("spec.logLevel: unsupported CRI-O log level \"verbose\""),
+            "{msg}"
+        );
         assert!(msg.contains("spec.namespacePolicy.default"), "{msg}");
     }
 
     #[test]
     fn selector_matching_no_node_is_admitted_with_a_warning() {
-        let obj = kc("one", json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}));
-        let Verdict::Allow { warnings } = validate(&Operation::Create, Some(&obj), None, &env_with(&[])) else {
+        let obj = kc(
+            "one",
+            json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}),
+        );
+        let Verdict::Allow { warnings } =
+            validate(&Operation::Create, Some(&obj), None, &env_with(&[]))
+        else {
             panic!("admitted")
         };
-        assert!(warnings.iter().any(|w| w.contains("no worker node matches")), "{warnings:?}");
-        let matching = kc("one", json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "a"}}}));
-        assert_eq!(validate(&Operation::Create, Some(&matching), None, &env_with(&[])), Verdict::allow());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("no worker node matches")),
+            "{warnings:?}"
+        );
+        let matching = kc(
+            "one",
+            json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "a"}}}),
+        );
+        assert_eq!(
+            validate(&Operation::Create, Some(&matching), None, &env_with(&[])),
+            Verdict::allow()
+        );
     }
 
     #[test]
     fn update_checks_changed_specs_only_and_delete_is_allowed() {
         let bad = kc("one", json!({"logLevel": "verbose"}));
         // Spec unchanged (e.g. removing the finalizer of an object that slipped in): allowed.
-        assert_eq!(validate(&Operation::Update, Some(&bad), Some(&bad), &env_with(&["one"])), Verdict::allow());
+        assert_eq!(
+            validate(
+                &Operation::Update,
+                Some(&bad),
+                Some(&bad),
+                &env_with(&["one"])
+            ),
+            Verdict::allow()
+        );
         let good = kc("one", json!({}));
-        let msg = deny_msg(validate(&Operation::Update, Some(&bad), Some(&good), &env_with(&["one"])));
+        let msg = deny_msg(validate(
+            &Operation::Update,
+            Some(&bad),
+            Some(&good),
+            &env_with(&["one"]),
+        ));
         assert!(msg.contains("spec.logLevel"), "{msg}");
-        assert_eq!(validate(&Operation::Delete, None, Some(&good), &env_with(&["one"])), Verdict::allow());
+        assert_eq!(
+            validate(&Operation::Delete, None, Some(&good), &env_with(&["one"])),
+            Verdict::allow()
+        );
     }
 }

@@ -66,7 +66,10 @@ pub struct Config {
 
 impl Config {
     /// From the `run` flags: `--webhook-url` (else the Service), `--cert-dir` (else a Secret).
-    pub fn from_run_args(args: &crate::cli::RunArgs, certs: Arc<CertStore>) -> anyhow::Result<Config> {
+    pub fn from_run_args(
+        args: &crate::cli::RunArgs,
+        certs: Arc<CertStore>,
+    ) -> anyhow::Result<Config> {
         let target = match &args.webhook_url {
             Some(url) => {
                 url_host(url)?;
@@ -107,13 +110,18 @@ pub fn url_host(url: &str) -> anyhow::Result<String> {
         .parse()
         .with_context(|| format!("--webhook-url {url:?} is not a URL; use https://HOST:PORT"))?;
     if uri.scheme_str() != Some("https") {
-        anyhow::bail!("--webhook-url {url:?} must use https:// (the API server only calls webhooks over TLS)");
+        anyhow::bail!(
+            "--webhook-url {url:?} must use https:// (the API server only calls webhooks over TLS)"
+        );
     }
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
         .with_context(|| format!("--webhook-url {url:?} has no host; use https://HOST:PORT"))?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 /// What the handlers share.
@@ -133,7 +141,12 @@ async fn validate_kataconfig(
     let joined = tokio::task::spawn_blocking(move || {
         review::handle::<KataConfig, _>("validate-kataconfig", &s.metrics, &headers, &body, |req| {
             let env = s.caches.kata_env();
-            kataconfig::validate(&req.operation, req.object.as_ref(), req.old_object.as_ref(), &env)
+            kataconfig::validate(
+                &req.operation,
+                req.object.as_ref(),
+                req.old_object.as_ref(),
+                &env,
+            )
         })
     })
     .await;
@@ -151,7 +164,12 @@ fn pod_review(
     webhook: &'static str,
     headers: &HeaderMap,
     body: &Bytes,
-    decide: fn(&pod::PodView, &str, &kube::core::admission::Operation, &cache::PodEnv) -> review::Verdict,
+    decide: fn(
+        &pod::PodView,
+        &str,
+        &kube::core::admission::Operation,
+        &cache::PodEnv,
+    ) -> review::Verdict,
 ) -> Response {
     review::handle::<pod::PodView, _>(webhook, &s.metrics, headers, body, |req| {
         let Some(p) = req.object.as_ref() else {
@@ -246,8 +264,12 @@ pub async fn run(
         resync: Duration::from_secs(600),
     };
     {
-        let (caches, certs, shutdown, readiness) =
-            (caches.clone(), certs.clone(), shutdown.clone(), readiness.clone());
+        let (caches, certs, shutdown, readiness) = (
+            caches.clone(),
+            certs.clone(),
+            shutdown.clone(),
+            readiness.clone(),
+        );
         tokio::spawn(async move {
             let mut changes = certs.subscribe();
             let ready = async {
@@ -283,7 +305,10 @@ mod tests {
     fn webhook_url_host_covers_names_and_ips() {
         assert_eq!(url_host("https://127.0.0.1:9443").expect("ok"), "127.0.0.1");
         assert_eq!(url_host("https://[::1]:9443").expect("ok"), "::1");
-        assert_eq!(url_host("https://dev.example:9443/x").expect("ok"), "dev.example");
+        assert_eq!(
+            url_host("https://dev.example:9443/x").expect("ok"),
+            "dev.example"
+        );
         let e = url_host("http://127.0.0.1:9443").expect_err("http");
         assert!(e.to_string().contains("must use https://"), "{e}");
         let e = url_host("not a url").expect_err("junk");

@@ -432,13 +432,20 @@ mod tests {
 
     #[test]
     fn injection_sets_class_overhead_selector_and_tolerations() {
-        let Verdict::Patch { patch, .. } = mutate(&pod(None), "ns", &CREATE, &env(Some("require"), "allow", true))
-        else {
+        let Verdict::Patch { patch, .. } = mutate(
+            &pod(None),
+            "ns",
+            &CREATE,
+            &env(Some("require"), "allow", true),
+        ) else {
             panic!("require injects")
         };
         let out = apply(&pod(None), &patch);
         assert_eq!(out.spec.runtime_class_name.as_deref(), Some("kata"));
-        assert_eq!(out.spec.overhead, kata_rc().overhead.and_then(|o| o.pod_fixed));
+        assert_eq!(
+            out.spec.overhead,
+            kata_rc().overhead.and_then(|o| o.pod_fixed)
+        );
         assert_eq!(
             out.spec.node_selector.as_ref().expect("selector")["node-role.kubernetes.io/kata-oc"],
             ""
@@ -462,8 +469,16 @@ mod tests {
         let sel = out.spec.node_selector.expect("selector");
         assert_eq!(sel.len(), 2);
         assert_eq!(sel["zone"], "a");
-        assert_eq!(out.spec.tolerations.expect("t").len(), 1, "duplicate skipped");
-        assert_eq!(out.spec.overhead, kata_rc().overhead.and_then(|o| o.pod_fixed), "overhead replaced");
+        assert_eq!(
+            out.spec.tolerations.expect("t").len(),
+            1,
+            "duplicate skipped"
+        );
+        assert_eq!(
+            out.spec.overhead,
+            kata_rc().overhead.and_then(|o| o.pod_fixed),
+            "overhead replaced"
+        );
     }
 
     #[test]
@@ -472,7 +487,10 @@ mod tests {
         p.spec.node_selector = Some(BTreeMap::new());
         let patch = injection_patch(&p, &kata_rc()).expect("ok");
         let text = serde_json::to_string(&patch).expect("json");
-        assert!(text.contains("/spec/nodeSelector/node-role.kubernetes.io~1kata-oc"), "{text}");
+        assert!(
+            text.contains("/spec/nodeSelector/node-role.kubernetes.io~1kata-oc"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -482,10 +500,14 @@ mod tests {
             "node-role.kubernetes.io/kata-oc".into(),
             "no".into(),
         )]));
-        let Verdict::Deny(msg) = mutate(&p, "ns", &CREATE, &env(Some("default"), "allow", true)) else {
+        let Verdict::Deny(msg) = mutate(&p, "ns", &CREATE, &env(Some("default"), "allow", true))
+        else {
             panic!("conflict denies")
         };
-        assert!(msg.contains("conflicts with node-role.kubernetes.io/kata-oc=\"\""), "{msg}");
+        assert!(
+            msg.contains("conflicts with node-role.kubernetes.io/kata-oc=\"\""),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -500,7 +522,12 @@ mod tests {
 
     #[test]
     fn require_without_installed_kata_denies_and_default_warns() {
-        let Verdict::Deny(msg) = mutate(&pod(None), "ns", &CREATE, &env(Some("require"), "allow", false)) else {
+        let Verdict::Deny(msg) = mutate(
+            &pod(None),
+            "ns",
+            &CREATE,
+            &env(Some("require"), "allow", false),
+        ) else {
             panic!("deny")
         };
         assert!(msg.contains("kata is not installed yet"), "{msg}");
@@ -510,10 +537,18 @@ mod tests {
             panic!("deny")
         };
         assert!(msg.contains("no KataConfig exists"), "{msg}");
-        let Verdict::Allow { warnings } = mutate(&pod(None), "ns", &CREATE, &env(Some("default"), "allow", false)) else {
+        let Verdict::Allow { warnings } = mutate(
+            &pod(None),
+            "ns",
+            &CREATE,
+            &env(Some("default"), "allow", false),
+        ) else {
             panic!("default admits")
         };
-        assert!(warnings[0].contains("pod admitted without kata"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("pod admitted without kata"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -540,8 +575,16 @@ mod tests {
                 Verdict::Patch { .. } => "patch",
                 Verdict::Deny(_) => "deny",
             };
-            assert_eq!(kind(&mutate(&pod(rc), "ns", &CREATE, &e)), m, "mutate {label} {rc:?}");
-            assert_eq!(kind(&validate(&pod(rc), "ns", &CREATE, &e)), v, "validate {label} {rc:?}");
+            assert_eq!(
+                kind(&mutate(&pod(rc), "ns", &CREATE, &e)),
+                m,
+                "mutate {label} {rc:?}"
+            );
+            assert_eq!(
+                kind(&validate(&pod(rc), "ns", &CREATE, &e)),
+                v,
+                "validate {label} {rc:?}"
+            );
         }
     }
 
@@ -564,10 +607,14 @@ mod tests {
     #[test]
     fn unknown_policy_value_is_denied_naming_valid_values() {
         for f in [mutate, validate] {
-            let Verdict::Deny(msg) = f(&pod(None), "ns", &CREATE, &env(Some("yes"), "allow", true)) else {
+            let Verdict::Deny(msg) = f(&pod(None), "ns", &CREATE, &env(Some("yes"), "allow", true))
+            else {
                 panic!("unknown value denies")
             };
-            assert!(msg.contains("use one of require, default, allow, deny"), "{msg}");
+            assert!(
+                msg.contains("use one of require, default, allow, deny"),
+                "{msg}"
+            );
         }
     }
 
@@ -577,7 +624,8 @@ mod tests {
         p.spec.host_network = Some(true);
         p.spec.host_pid = Some(true);
         for f in [mutate, validate] {
-            let Verdict::Deny(msg) = f(&p, "ns", &CREATE, &env(Some("allow"), "allow", true)) else {
+            let Verdict::Deny(msg) = f(&p, "ns", &CREATE, &env(Some("allow"), "allow", true))
+            else {
                 panic!("host namespaces deny")
             };
             assert!(msg.contains("hostNetwork, hostPID"), "{msg}");
@@ -586,21 +634,44 @@ mod tests {
         // Injection into a host-network pod: require denies, default leaves it alone with a warning.
         let mut plain = pod(None);
         plain.spec.host_ipc = Some(true);
-        assert!(matches!(mutate(&plain, "ns", &CREATE, &env(Some("require"), "allow", true)), Verdict::Deny(m) if m.contains("hostIPC")));
-        let Verdict::Allow { warnings } = mutate(&plain, "ns", &CREATE, &env(Some("default"), "allow", true)) else {
+        assert!(
+            matches!(mutate(&plain, "ns", &CREATE, &env(Some("require"), "allow", true)), Verdict::Deny(m) if m.contains("hostIPC"))
+        );
+        let Verdict::Allow { warnings } =
+            mutate(&plain, "ns", &CREATE, &env(Some("default"), "allow", true))
+        else {
             panic!("default admits unchanged")
         };
-        assert!(warnings[0].contains("not defaulted to kata"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("not defaulted to kata"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
     fn excluded_namespaces_and_non_create_operations_pass_untouched() {
         let e = env(Some("require"), "require", true);
-        for ns in ["kube-system", "openshift-monitoring", "openshift-sandboxed-containers-operator"] {
-            assert!(matches!(mutate(&pod(None), ns, &CREATE, &e), Verdict::Allow { .. }), "{ns}");
-            assert!(matches!(validate(&pod(Some("runc")), ns, &CREATE, &e), Verdict::Allow { .. }), "{ns}");
+        for ns in [
+            "kube-system",
+            "openshift-monitoring",
+            "openshift-sandboxed-containers-operator",
+        ] {
+            assert!(
+                matches!(mutate(&pod(None), ns, &CREATE, &e), Verdict::Allow { .. }),
+                "{ns}"
+            );
+            assert!(
+                matches!(
+                    validate(&pod(Some("runc")), ns, &CREATE, &e),
+                    Verdict::Allow { .. }
+                ),
+                "{ns}"
+            );
         }
-        assert!(matches!(mutate(&pod(None), "ns", &Operation::Update, &e), Verdict::Allow { .. }));
+        assert!(matches!(
+            mutate(&pod(None), "ns", &Operation::Update, &e),
+            Verdict::Allow { .. }
+        ));
     }
 
     #[test]

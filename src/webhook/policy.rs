@@ -188,7 +188,10 @@ mod tests {
         };
         assert!(msg.contains("every pod must run with kata"), "{msg}");
         assert!(msg.contains("\"gvisor\""), "{msg}");
-        assert!(msg.contains("kataconfiguration.openshift.io/policy=require"), "{msg}");
+        assert!(
+            msg.contains("kataconfiguration.openshift.io/policy=require"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -231,7 +234,10 @@ mod tests {
         let Action::Deny(msg) = decide("ns", eff, &kata()) else {
             panic!("cluster default deny refuses kata")
         };
-        assert!(msg.contains("spec.namespacePolicy.default is deny"), "{msg}");
+        assert!(
+            msg.contains("spec.namespacePolicy.default is deny"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -245,7 +251,10 @@ mod tests {
     fn unknown_label_value_names_the_valid_values() {
         let err = resolve("team-a", Some(&labelled("always")), "allow").expect_err("unknown");
         assert!(err.contains("\"always\""), "{err}");
-        assert!(err.contains("use one of require, default, allow, deny"), "{err}");
+        assert!(
+            err.contains("use one of require, default, allow, deny"),
+            "{err}"
+        );
         assert!(err.contains("\"team-a\""), "{err}");
     }
 
@@ -258,7 +267,14 @@ mod tests {
     #[test]
     fn system_platform_and_own_namespaces_are_excluded() {
         let own = "openshift-sandboxed-containers-operator";
-        for ns in ["kube-system", "kube-public", "kube-node-lease", own, "openshift-etcd", "openshift"] {
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            own,
+            "openshift-etcd",
+            "openshift",
+        ] {
             assert!(is_excluded(ns, None, own), "{ns}");
         }
         assert!(is_excluded("my-operator", None, "my-operator"));

@@ -18,8 +18,8 @@ use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
     ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
@@ -211,7 +211,11 @@ pub fn pod_webhooks(
     } else {
         req(NAMESPACE_POLICY_LABEL, "In", &["require", "default"])
     };
-    let m = base_webhook(MPOD, client_config(target, MUTATE_POD_PATH, ca_bundle), "Fail");
+    let m = base_webhook(
+        MPOD,
+        client_config(target, MUTATE_POD_PATH, ca_bundle),
+        "Fail",
+    );
     let mutating = MutatingWebhook {
         name: m.name,
         admission_review_versions: m.admission_review_versions,
@@ -231,7 +235,11 @@ pub fn pod_webhooks(
         object_selector: None,
     };
 
-    let mut labelled = base_webhook(VPOD, client_config(target, VALIDATE_POD_PATH, ca_bundle), "Fail");
+    let mut labelled = base_webhook(
+        VPOD,
+        client_config(target, VALIDATE_POD_PATH, ca_bundle),
+        "Fail",
+    );
     labelled.namespace_selector = Some(selector(
         operator_namespace,
         req(NAMESPACE_POLICY_LABEL, "Exists", &[]),
@@ -289,7 +297,10 @@ fn owner_ref_of<K: Resource<DynamicType = ()>>(obj: &K) -> Option<OwnerReference
     })
 }
 
-async fn resolve_owner(client: &kube::Client, owner: &Owner) -> anyhow::Result<Option<OwnerReference>> {
+async fn resolve_owner(
+    client: &kube::Client,
+    owner: &Owner,
+) -> anyhow::Result<Option<OwnerReference>> {
     Ok(match owner {
         Owner::Crd => Api::<CustomResourceDefinition>::all(client.clone())
             .get_opt(KATACONFIG_CRD)
@@ -314,8 +325,12 @@ async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> anyhow::Result<()>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
     Ok(())
 }
 
@@ -431,19 +446,34 @@ mod tests {
         assert_eq!(wh["admissionReviewVersions"], json!(["v1"]));
         assert_eq!(wh["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
         assert_eq!(wh["rules"][0]["scope"], "Cluster");
-        assert!(wh["matchConditions"][0]["expression"].as_str().expect("s").contains("object.spec != oldObject.spec"));
+        assert!(
+            wh["matchConditions"][0]["expression"]
+                .as_str()
+                .expect("s")
+                .contains("object.spec != oldObject.spec")
+        );
         assert_eq!(
             wh["clientConfig"]["service"],
             json!({"namespace": "osc", "name": "webhook", "path": "/validate-kataconfig", "port": 443})
         );
-        assert_eq!(wh["clientConfig"]["caBundle"], "UEVN", "base64 of the bundle");
+        assert_eq!(
+            wh["clientConfig"]["caBundle"], "UEVN",
+            "base64 of the bundle"
+        );
         assert!(c["metadata"].get("annotations").is_none());
     }
 
     #[test]
     fn url_mode_registers_the_url_and_no_bundle_asks_service_ca() {
-        let c = v(&kataconfig_webhook(&Target::Url("https://127.0.0.1:9443/".into()), None, None));
-        assert_eq!(c["webhooks"][0]["clientConfig"]["url"], "https://127.0.0.1:9443/validate-kataconfig");
+        let c = v(&kataconfig_webhook(
+            &Target::Url("https://127.0.0.1:9443/".into()),
+            None,
+            None,
+        ));
+        assert_eq!(
+            c["webhooks"][0]["clientConfig"]["url"],
+            "https://127.0.0.1:9443/validate-kataconfig"
+        );
         assert!(c["webhooks"][0]["clientConfig"].get("caBundle").is_none());
         assert_eq!(c["metadata"]["annotations"][INJECT_CABUNDLE], "true");
     }
@@ -451,7 +481,10 @@ mod tests {
     #[test]
     fn pod_webhooks_never_reach_system_or_own_namespaces() {
         let (m, val) = pod_webhooks(&svc(), Some("PEM"), None, "osc", "allow");
-        let all: Vec<Value> = v(&m)["webhooks"].as_array().expect("a").iter()
+        let all: Vec<Value> = v(&m)["webhooks"]
+            .as_array()
+            .expect("a")
+            .iter()
             .chain(v(&val)["webhooks"].as_array().expect("a").iter())
             .cloned()
             .collect();
@@ -462,7 +495,10 @@ mod tests {
                 exprs[0],
                 json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public", "kube-node-lease", "osc", "openshift"]})
             );
-            assert_eq!(exprs[1], json!({"key": "openshift.io/run-level", "operator": "DoesNotExist"}));
+            assert_eq!(
+                exprs[1],
+                json!({"key": "openshift.io/run-level", "operator": "DoesNotExist"})
+            );
             assert_eq!(wh["rules"][0]["operations"], json!(["CREATE"]));
             assert_eq!(wh["sideEffects"], "None");
         }
@@ -489,7 +525,10 @@ mod tests {
             json!({"key": NAMESPACE_POLICY_LABEL, "operator": "NotIn", "values": ["allow", "deny"]})
         );
         assert_eq!(val["webhooks"][1]["failurePolicy"], "Fail");
-        assert!(val["webhooks"][1].get("matchConditions").is_none(), "every pod checked");
+        assert!(
+            val["webhooks"][1].get("matchConditions").is_none(),
+            "every pod checked"
+        );
 
         let (_, val) = pod_webhooks(&svc(), None, None, "osc", "deny");
         assert_eq!(v(&val)["webhooks"][1]["failurePolicy"], "Fail");
@@ -505,5 +544,195 @@ mod tests {
         assert_eq!(o["kind"], "KataConfig");
         assert_eq!(o["uid"], "uid-1");
         assert_eq!(o["apiVersion"], "kataconfiguration.openshift.io/v1");
+    }
+
+    mod api {
+        use super::*;
+        use crate::webhook::samples;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+
+        fn respond_json(v: Value, code: StatusCode) -> Response<Body> {
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&v).expect("json")))
+                .expect("response")
+        }
+
+        async fn body(req: Request<Body>) -> Value {
+            let b = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            if b.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&b).expect("json")
+            }
+        }
+
+        fn setup(
+            active: bool,
+        ) -> (
+            kube::Client,
+            tower_test::mock::Handle<Request<Body>, Response<Body>>,
+            Caches,
+            Arc<CertStore>,
+        ) {
+            let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let (caches, mut w) = Caches::new();
+            let kcs = if active {
+                vec![samples::kataconfig("require")]
+            } else {
+                vec![]
+            };
+            samples::initial_list(&mut w.kataconfigs, kcs);
+            let certs = CertStore::new(None);
+            let m = crate::certs::issue::plan(
+                None,
+                &["svc.osc.svc".to_string()],
+                1_800_000_000,
+                &Default::default(),
+            )
+            .expect("plan")
+            .write
+            .expect("material");
+            certs
+                .load_pem(
+                    m.tls_crt.as_bytes(),
+                    m.tls_key.as_bytes(),
+                    Some(&m.ca_crt),
+                    "t",
+                )
+                .expect("load");
+            (client, handle, caches, certs)
+        }
+
+        fn cfg() -> RegistrationConfig {
+            RegistrationConfig {
+                target: svc(),
+                owner: Owner::Crd,
+                operator_namespace: "osc".into(),
+                resync: Duration::from_secs(600),
+            }
+        }
+
+        #[tokio::test]
+        async fn active_kataconfig_gets_all_three_configurations_applied() {
+            let (client, mut handle, caches, certs) = setup(true);
+            let server = tokio::spawn(async move {
+                let (req, send) = handle.next_request().await.expect("crd");
+                assert_eq!(req.method(), Method::GET);
+                assert!(req.uri().path().ends_with(KATACONFIG_CRD));
+                send.send_response(respond_json(
+                    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                           "metadata": {"name": KATACONFIG_CRD, "uid": "crd-uid"}, "spec": {"group": "g", "names": {"kind": "K", "plural": "ks"}, "scope": "Cluster", "versions": []}}),
+                    StatusCode::OK,
+                ));
+                let mut seen = Vec::new();
+                for _ in 0..3 {
+                    let (req, send) = handle.next_request().await.expect("apply");
+                    assert_eq!(req.method(), Method::PATCH);
+                    let uri = req.uri().to_string();
+                    assert!(
+                        uri.contains("fieldManager=sandboxed-containers-operator"),
+                        "{uri}"
+                    );
+                    assert!(uri.contains("force=true"), "{uri}");
+                    assert_eq!(
+                        req.headers()["content-type"],
+                        "application/apply-patch+yaml"
+                    );
+                    let b = body(req).await;
+                    seen.push((uri, b.clone()));
+                    send.send_response(respond_json(b, StatusCode::OK));
+                }
+                seen
+            });
+            reconcile_once(&client, &cfg(), &caches, &certs)
+                .await
+                .expect("applied");
+            let seen = server.await.expect("server");
+            let (uri, kc) = &seen[0];
+            assert!(
+                uri.contains(
+                    "validatingwebhookconfigurations/sandboxed-containers-operator-kataconfig"
+                ),
+                "{uri}"
+            );
+            assert_eq!(kc["metadata"]["ownerReferences"][0]["uid"], "crd-uid");
+            assert_eq!(
+                kc["metadata"]["ownerReferences"][0]["kind"],
+                "CustomResourceDefinition"
+            );
+            let ca = certs.ca_bundle().expect("bundle");
+            use base64::Engine;
+            assert_eq!(
+                kc["webhooks"][0]["clientConfig"]["caBundle"],
+                base64::engine::general_purpose::STANDARD.encode(ca)
+            );
+            assert!(
+                seen[1]
+                    .0
+                    .contains("mutatingwebhookconfigurations/sandboxed-containers-operator-pod")
+            );
+            assert_eq!(
+                seen[1].1["metadata"]["ownerReferences"][0]["kind"],
+                "KataConfig"
+            );
+            assert!(
+                seen[2]
+                    .0
+                    .contains("validatingwebhookconfigurations/sandboxed-containers-operator-pod")
+            );
+            assert_eq!(
+                seen[2].1["webhooks"][1]["failurePolicy"], "Fail",
+                "default require fails closed"
+            );
+        }
+
+        #[tokio::test]
+        async fn without_a_kataconfig_the_pod_webhooks_are_removed() {
+            let (client, mut handle, caches, certs) = setup(false);
+            let server = tokio::spawn(async move {
+                let (_, send) = handle.next_request().await.expect("crd");
+                send.send_response(respond_json(
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                    StatusCode::NOT_FOUND,
+                ));
+                let (req, send) = handle.next_request().await.expect("apply");
+                assert_eq!(req.method(), Method::PATCH);
+                let b = body(req).await;
+                assert!(
+                    b["metadata"].get("ownerReferences").is_none(),
+                    "no CRD, no owner"
+                );
+                send.send_response(respond_json(b, StatusCode::OK));
+                let mut deleted = Vec::new();
+                for _ in 0..2 {
+                    let (req, send) = handle.next_request().await.expect("delete");
+                    assert_eq!(req.method(), Method::DELETE);
+                    deleted.push(req.uri().path().to_string());
+                    send.send_response(respond_json(
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                        StatusCode::NOT_FOUND,
+                    ));
+                }
+                deleted
+            });
+            reconcile_once(&client, &cfg(), &caches, &certs)
+                .await
+                .expect("ok; 404 on delete is fine");
+            let deleted = server.await.expect("server");
+            assert!(
+                deleted[0]
+                    .ends_with("mutatingwebhookconfigurations/sandboxed-containers-operator-pod")
+            );
+            assert!(
+                deleted[1]
+                    .ends_with("validatingwebhookconfigurations/sandboxed-containers-operator-pod")
+            );
+        }
     }
 }

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use json_patch::Patch;
 use kube::core::admission::{AdmissionResponse, Operation};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::metrics::Metrics;
@@ -283,8 +283,9 @@ mod tests {
     fn malformed_bodies_name_the_problem_and_keep_the_uid() {
         let err = parse::<Value>(b"not json").expect_err("bad json");
         assert!(err.starts_with("malformed AdmissionReview"), "{err}");
-        let err = parse::<Value>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
-            .expect_err("no request");
+        let err =
+            parse::<Value>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+                .expect_err("no request");
         assert!(err.contains("no request"), "{err}");
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","operation":"EXPLODE"}}"#;
         let err = parse::<Value>(body).expect_err("bad op");
@@ -300,7 +301,13 @@ mod tests {
             {"op": "add", "path": "/spec/runtimeClassName", "value": "kata"}
         ]))
         .expect("patch");
-        let resp = respond("u-2", Verdict::Patch { patch, warnings: vec!["w".into()] });
+        let resp = respond(
+            "u-2",
+            Verdict::Patch {
+                patch,
+                warnings: vec!["w".into()],
+            },
+        );
         let v: Value = serde_json::from_slice(&encode(&resp).expect("encode")).expect("json");
         assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(v["kind"], "AdmissionReview");
@@ -313,7 +320,10 @@ mod tests {
             .expect("base64");
         let ops: Value = serde_json::from_slice(&raw).expect("json patch");
         assert_eq!(ops[0]["path"], "/spec/runtimeClassName");
-        let denied: Value = serde_json::from_slice(&encode(&respond("u-3", Verdict::Deny("no".into()))).expect("e")).expect("j");
+        let denied: Value = serde_json::from_slice(
+            &encode(&respond("u-3", Verdict::Deny("no".into()))).expect("e"),
+        )
+        .expect("j");
         assert_eq!(denied["response"]["allowed"], false);
         assert_eq!(denied["response"]["status"]["code"], 403);
         assert_eq!(denied["response"]["status"]["message"], "no");
@@ -322,7 +332,10 @@ mod tests {
     #[test]
     fn content_type_with_parameters_is_json() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().expect("hv"));
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().expect("hv"),
+        );
         assert!(is_json(&h));
         h.insert(header::CONTENT_TYPE, "text/plain".parse().expect("hv"));
         assert!(!is_json(&h));

@@ -84,19 +84,22 @@ pub fn populate(w: &mut CacheWriters) {
         .map(|(name, policy)| namespace(name, &[(NAMESPACE_POLICY_LABEL, policy)]))
         .collect();
     namespaces.push(namespace("capture-demo", &[]));
-    let nodes: Vec<_> = [("worker-0", ("custom-kata1", "test")), ("worker-1", ("zone", "b"))]
-        .into_iter()
-        .map(|(name, extra)| {
-            let mut n = PartialObjectMeta::<Node>::default();
-            n.metadata.name = Some(name.into());
-            n.metadata.labels = Some(labels(&[
-                (WORKER_ROLE_LABEL, ""),
-                ("kubernetes.io/arch", "amd64"),
-                extra,
-            ]));
-            n
-        })
-        .collect();
+    let nodes: Vec<_> = [
+        ("worker-0", ("custom-kata1", "test")),
+        ("worker-1", ("zone", "b")),
+    ]
+    .into_iter()
+    .map(|(name, extra)| {
+        let mut n = PartialObjectMeta::<Node>::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some(labels(&[
+            (WORKER_ROLE_LABEL, ""),
+            ("kubernetes.io/arch", "amd64"),
+            extra,
+        ]));
+        n
+    })
+    .collect();
     initial_list(&mut w.namespaces, namespaces);
     initial_list(&mut w.nodes, nodes);
     initial_list(&mut w.runtime_classes, vec![kata_runtime_class()]);
