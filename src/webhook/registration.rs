@@ -571,14 +571,9 @@ mod tests {
             }
         }
 
-        fn setup(
-            active: bool,
-        ) -> (
-            kube::Client,
-            tower_test::mock::Handle<Request<Body>, Response<Body>>,
-            Caches,
-            Arc<CertStore>,
-        ) {
+        type Mock = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        fn setup(active: bool) -> (kube::Client, Mock, Caches, Arc<CertStore>) {
             let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = kube::Client::new(svc, "default");
             let (caches, mut w) = Caches::new();
