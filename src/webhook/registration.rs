@@ -546,6 +546,38 @@ mod tests {
         assert_eq!(o["apiVersion"], "kataconfiguration.openshift.io/v1");
     }
 
+    /// `webhooks/manifests/configurations.yaml` is what the operator registers (Service mode,
+    /// default policy `allow`, caBundle left to the running operator); regenerate with
+    /// `UPDATE_WEBHOOK_MANIFESTS=1 cargo test --lib registration`.
+    #[test]
+    fn committed_manifests_match_the_builders() {
+        let ns = crate::names::DEFAULT_OPERATOR_NAMESPACE;
+        let target = Target::Service {
+            namespace: ns.into(),
+            name: "sandboxed-containers-operator-webhook".into(),
+        };
+        let (m, val) = pod_webhooks(&target, None, None, ns, "allow");
+        let mut docs = String::from(
+            "# Generated from src/webhook/registration.rs (see committed_manifests_match_the_builders).\n# The operator applies these itself (server-side apply) and adds ownerReferences. Shown as in\n# --cert-dir mode without ca.crt (service-ca injects caBundle); with the managed CA the operator\n# sets caBundle and leaves out the annotation.\n",
+        );
+        for doc in [
+            serde_yaml::to_string(&kataconfig_webhook(&target, None, None)),
+            serde_yaml::to_string(&m),
+            serde_yaml::to_string(&val),
+        ] {
+            docs.push_str("---\n");
+            docs.push_str(&doc.expect("yaml"));
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("webhooks/manifests/configurations.yaml");
+        if std::env::var_os("UPDATE_WEBHOOK_MANIFESTS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+            std::fs::write(&path, &docs).expect("write");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(committed, docs, "webhooks/manifests/configurations.yaml is stale");
+    }
+
     mod api {
         use super::*;
         use crate::webhook::samples;
