@@ -120,6 +120,7 @@ pub fn invalid(body: &[u8], message: String) -> AdmissionResponse {
         uid: Option<String>,
     }
     let mut r = AdmissionResponse::invalid(message);
+    r.result.code = 400;
     if let Ok(UidOnly {
         request: Some(UidRequest { uid: Some(uid) }),
     }) = serde_json::from_slice::<UidOnly>(body)
@@ -140,7 +141,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<ReviewRequest<T>, Strin
                 Ok(_) => "malformed AdmissionReview".to_string(),
                 Err(e) => {
                     let path = e.path().to_string();
-                    if path == "." || path.is_empty() {
+                    if path == "." || path == "?" || path.is_empty() {
                         format!("malformed AdmissionReview: {}", e.inner())
                     } else {
                         format!("malformed AdmissionReview at {path}: {}", e.inner())
@@ -281,8 +282,8 @@ mod tests {
 
     #[test]
     fn malformed_bodies_name_the_problem_and_keep_the_uid() {
-        let err = parse::<Value>(b"not json").expect_err("bad json");
-        assert!(err.starts_with("malformed AdmissionReview"), "{err}");
+        let err = parse::<Value>(b"{not json").expect_err("bad json");
+        assert!(err.starts_with("malformed AdmissionReview: key must be a string"), "{err}");
         let err =
             parse::<Value>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
                 .expect_err("no request");
@@ -293,6 +294,7 @@ mod tests {
         let resp = invalid(body, err);
         assert_eq!(resp.uid, "u-1");
         assert!(!resp.allowed);
+        assert_eq!(resp.result.code, 400);
     }
 
     #[test]
