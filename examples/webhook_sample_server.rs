@@ -44,11 +44,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (caches, mut writers) = Caches::new();
     samples::populate(&mut writers);
-    let state = WebhookState {
-        caches,
-        operator_namespace: Arc::from("openshift-sandboxed-containers-operator"),
-        metrics,
-    };
+    let state = WebhookState::new(caches, "openshift-sandboxed-containers-operator", &metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("webhook sample server on https://{addr} (CA in {ca_out})");
     let shutdown = CancellationToken::new();

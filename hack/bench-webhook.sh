@@ -16,19 +16,25 @@ CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-3}
 OURS=127.0.0.1:19443
 BASE=127.0.0.1:19444
+SCAN=127.0.0.1:19445
+PARSE=127.0.0.1:19446
 OUT=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$OUT"; }
 trap cleanup EXIT
 
 command -v oha >/dev/null || cargo install oha --locked
-cargo build --release --example webhook_sample_server --example canned_server >&2
+cargo build --release --example webhook_sample_server --example canned_server --example bench_floor >&2
 
 target/release/examples/webhook_sample_server "$OURS" "$OUT/ca.crt" 2>"$OUT/ours.log" &
 PIDS+=($!)
 target/release/examples/canned_server "$BASE" 2>"$OUT/base.log" &
 PIDS+=($!)
-for addr in "$OURS" "$BASE"; do
+target/release/examples/bench_floor scan "$SCAN" 2>"$OUT/scan.log" &
+PIDS+=($!)
+target/release/examples/bench_floor parse "$PARSE" 2>"$OUT/parse.log" &
+PIDS+=($!)
+for addr in "$OURS" "$BASE" "$SCAN" "$PARSE"; do
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null && break
     sleep 0.1
@@ -46,6 +52,8 @@ run() { # name addr path sample
 
 for r in $(seq "$ROUNDS"); do
   run "baseline.$r" "$BASE" /validate-pod pod-kata-require
+  run "scan.$r" "$SCAN" /validate-pod pod-kata-require
+  run "parse.$r" "$PARSE" /validate-pod pod-kata-require
   run "validate.$r" "$OURS" /validate-pod pod-kata-require
   run "mutate.$r" "$OURS" /mutate-pod pod-plain-require
 done
@@ -70,10 +78,12 @@ print(f"{conns} concurrent keep-alive connections, {dur} per run, median of {rou
 print("| server | endpoint (sample) | req/s | p50 ms | p99 ms | % of baseline req/s | non-200 / errors |")
 print("|---|---|---:|---:|---:|---:|---|")
 for name, label in [("baseline", "canned hyper+rustls (pod-kata-require)"),
+                    ("scan", "our stack + JSON scan only, canned answer"),
+                    ("parse", "our stack + review parse only, canned answer"),
                     ("validate", "/validate-pod (pod-kata-require)"),
                     ("mutate", "/mutate-pod (pod-plain-require)")]:
     rps, p50, p99, bad, errors, each = load(name)
-    who = "baseline" if name == "baseline" else "webhook"
+    who = {"baseline": "baseline", "scan": "reference", "parse": "reference"}.get(name, "webhook")
     print(f"| {who} | {label} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {100*rps/base[0]:.0f}% | {bad} / {errors} |")
-print("\nreq/s per round:", {n: [round(x) for x in load(n)[5]] for n in ["baseline", "validate", "mutate"]})
+print("\nreq/s per round:", {n: [round(x) for x in load(n)[5]] for n in ["baseline", "scan", "parse", "validate", "mutate"]})
 PY

@@ -114,11 +114,7 @@ async fn start(ca: &TestCa) -> Server {
     samples::populate(&mut writers);
     // The writers must outlive the test's requests (dropping one only ends readiness waits).
     std::mem::forget(writers);
-    let state = WebhookState {
-        caches,
-        operator_namespace: Arc::from("openshift-sandboxed-containers-operator"),
-        metrics: metrics.clone(),
-    };
+    let state = WebhookState::new(caches, "openshift-sandboxed-containers-operator", &metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -32,11 +32,11 @@ fn app() -> axum::Router {
     let (caches, mut w) = Caches::new();
     samples::populate(&mut w);
     std::mem::forget(w);
-    router(WebhookState {
+    router(WebhookState::new(
         caches,
-        operator_namespace: Arc::from("openshift-sandboxed-containers-operator"),
-        metrics: Arc::new(Metrics::new()),
-    })
+        "openshift-sandboxed-containers-operator",
+        &Metrics::new(),
+    ))
 }
 
 /// Replaces the value at a random path of a JSON document with a random JSON value.

@@ -120,7 +120,10 @@ mod tests {
         let store = CertStore::new(None);
         let err = load_once(&store, tmp.path()).await.expect_err("empty dir");
         let msg = err.to_string();
-        assert!(msg.contains("tls.crt") && msg.contains("entity not found"), "{msg}");
+        assert!(
+            msg.contains("tls.crt") && msg.contains("entity not found"),
+            "{msg}"
+        );
 
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["svc.ns.svc".to_string()])
@@ -131,8 +134,14 @@ mod tests {
         let err = load_once(&store, tmp.path()).await.expect_err("no key");
         assert!(err.to_string().contains("tls.key"), "{err}");
         std::fs::write(tmp.path().join(TLS_KEY), key.serialize_pem()).expect("key");
-        load_once(&store, tmp.path()).await.expect("pair without ca.crt");
-        assert_eq!(store.ca_bundle(), None, "caBundle left to whoever injects it");
+        load_once(&store, tmp.path())
+            .await
+            .expect("pair without ca.crt");
+        assert_eq!(
+            store.ca_bundle(),
+            None,
+            "caBundle left to whoever injects it"
+        );
         std::fs::write(tmp.path().join(CA_CRT), cert.pem()).expect("ca");
         load_once(&store, tmp.path()).await.expect("with ca.crt");
         assert_eq!(store.ca_bundle(), Some(cert.pem()));

@@ -127,9 +127,24 @@ pub fn url_host(url: &str) -> anyhow::Result<String> {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct WebhookState {
-    pub caches: Caches,
-    pub operator_namespace: Arc<str>,
-    pub metrics: Arc<Metrics>,
+    caches: Caches,
+    operator_namespace: Arc<str>,
+    kataconfig_metrics: Arc<review::AdmissionMetrics>,
+    mutate_metrics: Arc<review::AdmissionMetrics>,
+    validate_metrics: Arc<review::AdmissionMetrics>,
+}
+
+impl WebhookState {
+    pub fn new(caches: Caches, operator_namespace: &str, metrics: &Metrics) -> WebhookState {
+        let m = |w| Arc::new(review::AdmissionMetrics::new(metrics, w));
+        WebhookState {
+            caches,
+            operator_namespace: Arc::from(operator_namespace),
+            kataconfig_metrics: m("validate-kataconfig"),
+            mutate_metrics: m("mutate-pod"),
+            validate_metrics: m("validate-pod"),
+        }
+    }
 }
 
 async fn validate_kataconfig(
@@ -139,7 +154,7 @@ async fn validate_kataconfig(
 ) -> Response {
     // Node selection is linear in the node count: off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
-        review::handle::<KataConfig, _>("validate-kataconfig", &s.metrics, &headers, &body, |req| {
+        review::handle::<KataConfig, _>(&s.kataconfig_metrics, &headers, &body, |req| {
             let env = s.caches.kata_env();
             kataconfig::validate(
                 &req.operation,
@@ -161,7 +176,7 @@ async fn validate_kataconfig(
 
 fn pod_review(
     s: &WebhookState,
-    webhook: &'static str,
+    metrics: &review::AdmissionMetrics,
     headers: &HeaderMap,
     body: &Bytes,
     decide: fn(
@@ -171,7 +186,7 @@ fn pod_review(
         &cache::PodEnv,
     ) -> review::Verdict,
 ) -> Response {
-    review::handle::<pod::PodView, _>(webhook, &s.metrics, headers, body, |req| {
+    review::handle::<pod::PodView, _>(metrics, headers, body, |req| {
         let Some(p) = req.object.as_ref() else {
             return review::Verdict::allow();
         };
@@ -186,11 +201,11 @@ fn pod_review(
 }
 
 async fn mutate_pod(State(s): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
-    pod_review(&s, "mutate-pod", &headers, &body, pod::mutate)
+    pod_review(&s, &s.mutate_metrics, &headers, &body, pod::mutate)
 }
 
 async fn validate_pod(State(s): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
-    pod_review(&s, "validate-pod", &headers, &body, pod::validate)
+    pod_review(&s, &s.validate_metrics, &headers, &body, pod::validate)
 }
 
 /// The three endpoints with their body limit and time bound.
@@ -252,11 +267,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} for the webhooks", config.bind))?;
     info!(addr = %config.bind, "webhook server listening");
 
-    let state = WebhookState {
-        caches: caches.clone(),
-        operator_namespace: Arc::from(config.namespace.as_str()),
-        metrics,
-    };
+    let state = WebhookState::new(caches.clone(), &config.namespace, &metrics);
     let registration = registration::RegistrationConfig {
         target: config.target.clone(),
         owner: config.owner.clone(),

@@ -575,7 +575,10 @@ mod tests {
             std::fs::write(&path, &docs).expect("write");
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(committed, docs, "webhooks/manifests/configurations.yaml is stale");
+        assert_eq!(
+            committed, docs,
+            "webhooks/manifests/configurations.yaml is stale"
+        );
     }
 
     mod api {

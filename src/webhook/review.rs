@@ -222,10 +222,49 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
+const OPERATIONS: [&str; 5] = ["CREATE", "UPDATE", "DELETE", "CONNECT", "UNKNOWN"];
+const RESULTS: [&str; 4] = ["allowed", "denied", "mutated", "error"];
+
+/// One webhook's metric handles, resolved once: the per-request path then only bumps atomics
+/// (no label hashing or registry lock per request).
+pub struct AdmissionMetrics {
+    pub webhook: &'static str,
+    duration: prometheus::Histogram,
+    counters: Vec<prometheus::IntCounter>,
+}
+
+impl AdmissionMetrics {
+    pub fn new(metrics: &Metrics, webhook: &'static str) -> AdmissionMetrics {
+        let counters = OPERATIONS
+            .iter()
+            .flat_map(|op| {
+                RESULTS.iter().map(move |result| {
+                    metrics
+                        .admission_requests
+                        .with_label_values(&[webhook, op, result])
+                })
+            })
+            .collect();
+        AdmissionMetrics {
+            webhook,
+            duration: metrics.admission_duration.with_label_values(&[webhook]),
+            counters,
+        }
+    }
+
+    fn record(&self, op: &str, result: &str, start: Instant) {
+        let o = OPERATIONS.iter().position(|x| *x == op).unwrap_or(4);
+        let r = RESULTS.iter().position(|x| *x == result).unwrap_or(3);
+        if let Some(c) = self.counters.get(o * RESULTS.len() + r) {
+            c.inc();
+        }
+        self.duration.observe(start.elapsed().as_secs_f64());
+    }
+}
+
 /// Runs one webhook: checks the content type, parses, decides, records metrics, answers.
 pub fn handle<T, F>(
-    webhook: &'static str,
-    metrics: &Metrics,
+    metrics: &AdmissionMetrics,
     headers: &HeaderMap,
     body: &Bytes,
     decide: F,
@@ -235,16 +274,8 @@ where
     F: FnOnce(&ReviewRequest<T>) -> Verdict,
 {
     let start = Instant::now();
-    let record = |op: &str, result: &str| {
-        metrics
-            .admission_requests
-            .with_label_values(&[webhook, op, result])
-            .inc();
-        metrics
-            .admission_duration
-            .with_label_values(&[webhook])
-            .observe(start.elapsed().as_secs_f64());
-    };
+    let webhook = metrics.webhook;
+    let record = |op: &str, result: &str| metrics.record(op, result, start);
     if !is_json(headers) {
         record("UNKNOWN", "error");
         return (
@@ -283,7 +314,10 @@ mod tests {
     #[test]
     fn malformed_bodies_name_the_problem_and_keep_the_uid() {
         let err = parse::<Value>(b"{not json").expect_err("bad json");
-        assert!(err.starts_with("malformed AdmissionReview: key must be a string"), "{err}");
+        assert!(
+            err.starts_with("malformed AdmissionReview: key must be a string"),
+            "{err}"
+        );
         let err =
             parse::<Value>(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
                 .expect_err("no request");
