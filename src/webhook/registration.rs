@@ -384,6 +384,27 @@ pub async fn reconcile_once(
     Ok(fingerprint)
 }
 
+/// What the desired configurations depend on (besides static configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inputs {
+    kataconfig: Option<(String, String)>,
+    ca_bundle: Option<String>,
+}
+
+impl Inputs {
+    fn of(caches: &Caches, certs: &CertStore) -> Inputs {
+        Inputs {
+            kataconfig: caches.active_kataconfig().map(|kc| {
+                (
+                    kc.metadata.uid.clone().unwrap_or_default(),
+                    kc.spec.default_namespace_policy().to_string(),
+                )
+            }),
+            ca_bundle: certs.ca_bundle(),
+        }
+    }
+}
+
 /// Keeps the configurations current until `shutdown`. Nothing is unregistered on shutdown: a
 /// restart must not open a window without admission control.
 pub async fn run(
@@ -395,18 +416,31 @@ pub async fn run(
 ) {
     let mut cert_changes = certs.subscribe();
     let mut last: Option<(String, Instant)> = None;
+    let mut applied_inputs: Option<(Inputs, Instant)> = None;
     loop {
-        let wait = match reconcile_once(&client, &cfg, &caches, &certs).await {
-            Ok(fp) => {
-                if last.as_ref().map(|(f, _)| f) != Some(&fp) {
-                    info!("webhook configurations applied");
+        // KataConfig status updates arrive often during an install; re-apply only when what the
+        // configurations depend on changed, or on the periodic resync (which repairs edits).
+        let inputs = Inputs::of(&caches, &certs);
+        let fresh = applied_inputs
+            .as_ref()
+            .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
+        let wait = if fresh {
+            cfg.resync
+        } else {
+            match reconcile_once(&client, &cfg, &caches, &certs).await {
+                Ok(fp) => {
+                    if last.as_ref().map(|(f, _)| f) != Some(&fp) {
+                        info!("webhook configurations applied");
+                    }
+                    last = Some((fp, Instant::now()));
+                    applied_inputs = Some((inputs, Instant::now()));
+                    cfg.resync
                 }
-                last = Some((fp, Instant::now()));
-                cfg.resync
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot apply the webhook configurations; retrying");
-                Duration::from_secs(5)
+                Err(e) => {
+                    warn!(error = %e, "cannot apply the webhook configurations; retrying");
+                    applied_inputs = None;
+                    Duration::from_secs(5)
+                }
             }
         };
         tokio::select! {
