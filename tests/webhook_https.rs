@@ -579,3 +579,29 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     assert!(!logs.contains("PRIVATE KEY"));
     server.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let server = start(&ca).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        ca.client_config(&[b"http/1.1"], rustls::ALL_VERSIONS),
+    ));
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    // Promise 1000 bytes, send 10, then stall: the server's request time bound answers.
+    tls.write_all(
+        b"POST /validate-pod HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"request\"",
+    )
+    .await
+    .expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = tls.read(&mut buf).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    server.shutdown.cancel();
+}
