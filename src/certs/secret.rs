@@ -293,4 +293,62 @@ mod tests {
         server.await.expect("server");
         assert_eq!(store.ca_bundle().as_deref(), Some(winner.ca_crt.as_str()));
     }
+
+    #[tokio::test]
+    async fn expiring_certificate_is_rotated_with_optimistic_concurrency() {
+        let (api, mut handle) = mock();
+        let store = CertStore::new(None);
+        let now = jiff::Timestamp::now().as_second();
+        // Issued 356 days ago: 9 days left, inside the 30-day renewal window.
+        let old = plan(
+            None,
+            &cfg().hosts,
+            now - 356 * 24 * 3600,
+            &Lifetimes::default(),
+        )
+        .expect("plan")
+        .write
+        .expect("material");
+        let existing = Secret {
+            metadata: ObjectMeta {
+                name: Some(SECRET_NAME.into()),
+                namespace: Some("op".into()),
+                resource_version: Some("5".into()),
+                ..Default::default()
+            },
+            data: Some(secret_data(&old)),
+            ..Default::default()
+        };
+        let existing_json = serde_json::to_value(&existing).expect("json");
+        let old_ca = old.ca_crt.clone();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("get");
+            send.send_response(json(StatusCode::OK, existing_json));
+            let (req, send) = handle.next_request().await.expect("replace");
+            assert_eq!(req.method(), Method::PUT);
+            let body = body_json(req).await;
+            assert_eq!(
+                body["metadata"]["resourceVersion"], "5",
+                "replace is conditional"
+            );
+            send.send_response(json(StatusCode::OK, body.clone()));
+            body
+        });
+        reconcile_once(&api, &cfg(), &store).await.expect("rotated");
+        let written = server.await.expect("server");
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(written["data"]["ca.crt"].as_str().expect("ca"))
+            .expect("b64");
+        assert_eq!(
+            String::from_utf8(ca).expect("utf8"),
+            old_ca,
+            "same CA: caBundle stays valid"
+        );
+        let info = store.info().expect("served");
+        assert!(
+            info.not_after > now + 300 * 24 * 3600,
+            "the renewed certificate is served"
+        );
+    }
 }
