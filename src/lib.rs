@@ -10,6 +10,7 @@
 //! - `cli`: command-line definitions.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod crdgen;
 pub mod health;
@@ -24,3 +25,4 @@ pub mod render;
 pub mod schema_validation;
 pub mod selector;
 pub mod server;
+pub mod webhook;

@@ -1,0 +1,286 @@
+//! The namespace policy table of `DESIGN.md` ("Namespace policy"), as pure functions.
+//!
+//! | value     | no runtimeClassName | kata RuntimeClass | another RuntimeClass |
+//! |-----------|---------------------|-------------------|----------------------|
+//! | `require` | inject kata         | admit             | deny                 |
+//! | `default` | inject kata         | admit             | admit                |
+//! | `allow`   | unchanged           | admit             | admit                |
+//! | `deny`    | unchanged           | deny              | admit                |
+//! | no label  | as `spec.namespacePolicy.default` (default `allow`)                |
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::names::NAMESPACE_POLICY_LABEL;
+use crate::plan::NAMESPACE_POLICIES;
+
+/// Namespaces the webhooks never intercept. The registered `namespaceSelector` excludes them too,
+/// but it cannot express the `openshift-` prefix, so the decisions check again.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+pub const OPENSHIFT_PREFIX: &str = "openshift-";
+/// Label OpenShift puts on its platform namespaces (`openshift.io/run-level`).
+pub const RUN_LEVEL_LABEL: &str = "openshift.io/run-level";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Require,
+    Default,
+    Allow,
+    Deny,
+}
+
+impl Policy {
+    pub fn parse(value: &str) -> Option<Policy> {
+        match value {
+            "require" => Some(Policy::Require),
+            "default" => Some(Policy::Default),
+            "allow" => Some(Policy::Allow),
+            "deny" => Some(Policy::Deny),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Require => "require",
+            Policy::Default => "default",
+            Policy::Allow => "allow",
+            Policy::Deny => "deny",
+        }
+    }
+
+    /// Whether pods without a `runtimeClassName` get kata injected.
+    pub fn injects(self) -> bool {
+        matches!(self, Policy::Require | Policy::Default)
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the effective policy came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Label,
+    ClusterDefault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective {
+    pub policy: Policy,
+    pub source: Source,
+}
+
+/// The policy of a namespace: its label, else the KataConfig's `spec.namespacePolicy.default`.
+/// An unknown label value is an error naming the valid values (the pod is denied with it).
+pub fn resolve(
+    namespace: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    cluster_default: &str,
+) -> Result<Effective, String> {
+    if let Some(value) = labels.and_then(|l| l.get(NAMESPACE_POLICY_LABEL)) {
+        return Policy::parse(value)
+            .map(|policy| Effective {
+                policy,
+                source: Source::Label,
+            })
+            .ok_or_else(|| {
+                format!(
+                    "namespace {namespace:?} has label {NAMESPACE_POLICY_LABEL}={value:?}, which is not a valid policy: use one of {}",
+                    NAMESPACE_POLICIES.join(", ")
+                )
+            });
+    }
+    // The KataConfig webhook refuses bad defaults; one that slipped in falls back to `allow`,
+    // the setting that changes nothing.
+    Ok(Effective {
+        policy: Policy::parse(cluster_default).unwrap_or(Policy::Allow),
+        source: Source::ClusterDefault,
+    })
+}
+
+/// Whether a namespace is out of the webhooks' reach: system and OpenShift platform namespaces
+/// and the operator's own (its pods must start even when its webhooks are down).
+pub fn is_excluded(
+    namespace: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    operator_namespace: &str,
+) -> bool {
+    SYSTEM_NAMESPACES.contains(&namespace)
+        || namespace == operator_namespace
+        || namespace.starts_with(OPENSHIFT_PREFIX)
+        || namespace == "openshift"
+        || labels.is_some_and(|l| l.contains_key(RUN_LEVEL_LABEL))
+}
+
+/// What a pod names in `spec.runtimeClassName`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRuntime {
+    None,
+    Kata(String),
+    Other(String),
+}
+
+/// The table's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Inject,
+    Admit,
+    Deny(String),
+}
+
+/// One cell of the policy table.
+pub fn decide(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Action {
+    let origin = match effective.source {
+        Source::Label => format!(
+            "namespace {namespace:?} has {NAMESPACE_POLICY_LABEL}={}",
+            effective.policy
+        ),
+        Source::ClusterDefault => format!(
+            "namespace {namespace:?} has no {NAMESPACE_POLICY_LABEL} label and the KataConfig's spec.namespacePolicy.default is {}",
+            effective.policy
+        ),
+    };
+    match (effective.policy, runtime) {
+        (Policy::Require | Policy::Default, PodRuntime::None) => Action::Inject,
+        (Policy::Allow | Policy::Deny, PodRuntime::None) => Action::Admit,
+        (Policy::Require | Policy::Default | Policy::Allow, PodRuntime::Kata(_)) => Action::Admit,
+        (Policy::Deny, PodRuntime::Kata(rc)) => Action::Deny(format!(
+            "{origin}: pods may not use the kata RuntimeClass {rc:?} here; remove spec.runtimeClassName or change the namespace policy"
+        )),
+        (Policy::Require, PodRuntime::Other(rc)) => Action::Deny(format!(
+            "{origin}: every pod must run with kata, but this pod asks for RuntimeClass {rc:?}; remove spec.runtimeClassName to get kata"
+        )),
+        (Policy::Default | Policy::Allow | Policy::Deny, PodRuntime::Other(_)) => Action::Admit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labelled(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(NAMESPACE_POLICY_LABEL.to_string(), value.to_string())])
+    }
+
+    fn cell(policy: &str, runtime: PodRuntime) -> Action {
+        let eff = resolve("ns", Some(&labelled(policy)), "allow").expect("valid policy");
+        decide("ns", eff, &runtime)
+    }
+
+    fn kata() -> PodRuntime {
+        PodRuntime::Kata("kata".into())
+    }
+
+    fn other() -> PodRuntime {
+        PodRuntime::Other("gvisor".into())
+    }
+
+    #[test]
+    fn require_row_injects_admits_kata_and_denies_other_runtimes() {
+        assert_eq!(cell("require", PodRuntime::None), Action::Inject);
+        assert_eq!(cell("require", kata()), Action::Admit);
+        let Action::Deny(msg) = cell("require", other()) else {
+            panic!("require must deny another RuntimeClass")
+        };
+        assert!(msg.contains("every pod must run with kata"), "{msg}");
+        assert!(msg.contains("\"gvisor\""), "{msg}");
+        assert!(
+            msg.contains("kataconfiguration.openshift.io/policy=require"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn default_row_injects_and_admits_everything_named() {
+        assert_eq!(cell("default", PodRuntime::None), Action::Inject);
+        assert_eq!(cell("default", kata()), Action::Admit);
+        assert_eq!(cell("default", other()), Action::Admit);
+    }
+
+    #[test]
+    fn allow_row_changes_nothing() {
+        assert_eq!(cell("allow", PodRuntime::None), Action::Admit);
+        assert_eq!(cell("allow", kata()), Action::Admit);
+        assert_eq!(cell("allow", other()), Action::Admit);
+    }
+
+    #[test]
+    fn deny_row_refuses_only_kata() {
+        assert_eq!(cell("deny", PodRuntime::None), Action::Admit);
+        assert_eq!(cell("deny", other()), Action::Admit);
+        let Action::Deny(msg) = cell("deny", kata()) else {
+            panic!("deny must refuse kata pods")
+        };
+        assert!(msg.contains("may not use the kata RuntimeClass"), "{msg}");
+    }
+
+    #[test]
+    fn unlabelled_namespace_follows_the_cluster_default() {
+        for (default, expected) in [
+            ("require", Policy::Require),
+            ("default", Policy::Default),
+            ("allow", Policy::Allow),
+            ("deny", Policy::Deny),
+        ] {
+            let eff = resolve("ns", None, default).expect("valid");
+            assert_eq!(eff.policy, expected);
+            assert_eq!(eff.source, Source::ClusterDefault);
+        }
+        let eff = resolve("ns", Some(&BTreeMap::new()), "deny").expect("valid");
+        let Action::Deny(msg) = decide("ns", eff, &kata()) else {
+            panic!("cluster default deny refuses kata")
+        };
+        assert!(
+            msg.contains("spec.namespacePolicy.default is deny"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn label_wins_over_the_cluster_default() {
+        let eff = resolve("ns", Some(&labelled("allow")), "require").expect("valid");
+        assert_eq!(eff.policy, Policy::Allow);
+        assert_eq!(eff.source, Source::Label);
+    }
+
+    #[test]
+    fn unknown_label_value_names_the_valid_values() {
+        let err = resolve("team-a", Some(&labelled("always")), "allow").expect_err("unknown");
+        assert!(err.contains("\"always\""), "{err}");
+        assert!(
+            err.contains("use one of require, default, allow, deny"),
+            "{err}"
+        );
+        assert!(err.contains("\"team-a\""), "{err}");
+    }
+
+    #[test]
+    fn invalid_cluster_default_falls_back_to_allow() {
+        let eff = resolve("ns", None, "sometimes").expect("fallback");
+        assert_eq!(eff.policy, Policy::Allow);
+    }
+
+    #[test]
+    fn system_platform_and_own_namespaces_are_excluded() {
+        let own = "openshift-sandboxed-containers-operator";
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            own,
+            "openshift-etcd",
+            "openshift",
+        ] {
+            assert!(is_excluded(ns, None, own), "{ns}");
+        }
+        assert!(is_excluded("my-operator", None, "my-operator"));
+        let run_level = BTreeMap::from([(RUN_LEVEL_LABEL.to_string(), "0".to_string())]);
+        assert!(is_excluded("platform", Some(&run_level), own));
+        assert!(!is_excluded("team-a", None, own));
+        assert!(!is_excluded("openshiftish", None, own));
+    }
+}
