@@ -22,6 +22,7 @@ pub mod packaging;
 pub mod plan;
 pub mod reconciler;
 pub mod render;
+pub mod run;
 pub mod schema_validation;
 pub mod selector;
 pub mod server;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sandboxed_containers_operator::cli::{Cli, Command};
-use sandboxed_containers_operator::{crdgen, packaging, render};
+use sandboxed_containers_operator::{crdgen, packaging, render, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,9 +36,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(_args) => {
-            eprintln!("error: `run` is not available in this build yet");
-            ExitCode::from(2)
+        Command::Run(args) => {
+            // One crypto provider for every TLS stack in the process (kube client, servers).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub admission_requests: IntCounterVec,
     pub admission_duration: HistogramVec,
     pub build_info: IntGaugeVec,
-    /// Kubernetes API errors by category (`not_found`, `conflict`, `throttled`, `server`, `client`, `transport`).
+    /// Kubernetes API errors by category (`not_found`, `conflict`, `throttled`, `server`, `client`, `transport`, `timeout`, `watch`).
     pub api_errors: IntCounterVec,
     /// Unix time at which the serving certificate expires.
     pub certificate_expiry: Gauge,

@@ -256,7 +256,7 @@ fn rbac_has_no_wildcards_secrets_only_namespaced_nodes_only_read_and_patch() {
                 assert!(!cluster, "Secrets granted cluster-wide");
             }
             if r == "nodes" {
-                assert_eq!(verbs, ["get", "list", "watch", "patch"]);
+                assert_eq!(verbs, ["list", "watch", "patch"]);
             }
         }
     }

@@ -27,21 +27,23 @@ pub struct ApiAccess {
     pub why: &'static str,
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
-const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+/// Watched through reflectors: list + watch, never a per-object get.
+const READ: &[&str] = &["list", "watch"];
+/// Created and updated by server-side apply (a patch), removed by delete.
+const OWNED: &[&str] = &["list", "watch", "patch", "delete"];
 
 static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "kataconfiguration.openshift.io",
         resource: "kataconfigs",
-        verbs: &["get", "list", "watch", "patch", "update"],
+        verbs: &["list", "watch", "patch"],
         scope: Scope::Cluster,
         why: "reconciler watches KataConfig and adds/removes its finalizer; webhook lists existing ones",
     },
     ApiAccess {
         group: "kataconfiguration.openshift.io",
         resource: "kataconfigs/status",
-        verbs: &["get", "patch", "update"],
+        verbs: &["patch"],
         scope: Scope::Cluster,
         why: "reconciler reports progress and conditions",
     },
@@ -55,7 +57,7 @@ static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "",
         resource: "nodes",
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["list", "watch", "patch"],
         scope: Scope::Cluster,
         why: "node selection and progress; the kata-oc role label is added/removed by patch",
     },
@@ -111,16 +113,16 @@ static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "admissionregistration.k8s.io",
         resource: "validatingwebhookconfigurations",
-        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        verbs: &["patch", "delete"],
         scope: Scope::Cluster,
-        why: "the operator registers its own webhooks and keeps caBundle current",
+        why: "the operator registers its own webhooks, keeps caBundle current, and removes the pod webhooks when no KataConfig is active",
     },
     ApiAccess {
         group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
-        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        verbs: &["patch", "delete"],
         scope: Scope::Cluster,
-        why: "the operator registers its own webhooks and keeps caBundle current",
+        why: "the operator registers its own webhooks, keeps caBundle current, and removes the pod webhooks when no KataConfig is active",
     },
     ApiAccess {
         group: "apiextensions.k8s.io",
@@ -146,14 +148,14 @@ static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["get", "create", "update", "patch"],
+        verbs: &["get", "create", "update"],
         scope: Scope::OperatorNamespace,
         why: "leader election",
     },
     ApiAccess {
         group: "",
         resource: "secrets",
-        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        verbs: &["get", "list", "watch", "create", "update"],
         scope: Scope::OperatorNamespace,
         why: "the webhook CA and serving certificate",
     },
@@ -274,7 +276,7 @@ mod tests {
     fn nodes_are_only_read_and_patched() {
         let nodes: Vec<_> = rules().iter().filter(|r| r.resource == "nodes").collect();
         assert_eq!(nodes.len(), 1);
-        assert_eq!(nodes[0].verbs, ["get", "list", "watch", "patch"]);
+        assert_eq!(nodes[0].verbs, ["list", "watch", "patch"]);
         for verb in ["update", "create", "delete", "deletecollection"] {
             assert!(!allows("", "nodes", verb, false), "nodes {verb}");
         }

@@ -116,9 +116,7 @@ pub async fn run(
     let ready_task = tokio::spawn(async move {
         let synced = async {
             ready_ctx.caches.wait_until_ready().await?;
-            ready_ctx
-                .kata_configs
-                .wait_until_ready()
+            crate::health::store_ready(&ready_ctx.kata_configs)
                 .await
                 .map_err(|_| Error::CacheNotReady("kataconfigs"))
         };

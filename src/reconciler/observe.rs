@@ -253,18 +253,21 @@ impl Caches {
         let ready = |r: Result<(), reflector::store::WriterDropped>, name| {
             r.map_err(|_| Error::CacheNotReady(name))
         };
-        ready(self.nodes.wait_until_ready().await, "nodes")?;
-        ready(self.pools.wait_until_ready().await, "machineconfigpools")?;
+        ready(crate::health::store_ready(&self.nodes).await, "nodes")?;
         ready(
-            self.machine_configs.wait_until_ready().await,
+            crate::health::store_ready(&self.pools).await,
+            "machineconfigpools",
+        )?;
+        ready(
+            crate::health::store_ready(&self.machine_configs).await,
             "machineconfigs",
         )?;
         ready(
-            self.crcs.wait_until_ready().await,
+            crate::health::store_ready(&self.crcs).await,
             "containerruntimeconfigs",
         )?;
         ready(
-            self.runtime_classes.wait_until_ready().await,
+            crate::health::store_ready(&self.runtime_classes).await,
             "runtimeclasses",
         )?;
         Ok(())

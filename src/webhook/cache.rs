@@ -164,10 +164,10 @@ impl Caches {
 
     /// Waits until every cache has its initial list.
     pub async fn wait_synced(&self) -> anyhow::Result<()> {
-        self.namespaces.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
-        self.runtime_classes.wait_until_ready().await?;
-        self.kataconfigs.wait_until_ready().await?;
+        crate::health::store_ready(&self.namespaces).await?;
+        crate::health::store_ready(&self.nodes).await?;
+        crate::health::store_ready(&self.runtime_classes).await?;
+        crate::health::store_ready(&self.kataconfigs).await?;
         Ok(())
     }
 

@@ -1,0 +1,174 @@
+//! `sandboxed-containers-operator run`: one process, one shutdown signal fanned out to the
+//! reconciler (under leader election), the webhook server, the metrics server and the health
+//! server. Any task failing stops the others and the process exits non-zero.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::certs::CertStore;
+use crate::cli::RunArgs;
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+use crate::observability::{self, MetricsSecurity};
+
+/// How long a TokenReview/SubjectAccessReview decision is reused for the same token.
+const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Entry point of `run`: logging, the signal handler and the in-cluster (or kubeconfig) client.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    observability::init_logging(args.log_format)?;
+    let shutdown = observability::shutdown_on_signal();
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client: run in a pod or set KUBECONFIG")?;
+    run_with(
+        client,
+        args,
+        Arc::new(Metrics::new()),
+        Readiness::new(),
+        shutdown,
+    )
+    .await
+}
+
+/// Runs every enabled part against `client` until `shutdown` (tests drive this in-process).
+pub async fn run_with(
+    client: kube::Client,
+    args: RunArgs,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let certs = CertStore::new(Some(metrics.clone()));
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
+
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<_>,
+                 name: &'static str,
+                 fut: BoxFuture<'static, anyhow::Result<()>>| {
+        tasks.spawn(async move { (name, fut.await) });
+    };
+
+    let health = bind(args.health_bind, "health").await?;
+    spawn(
+        &mut tasks,
+        "health",
+        Box::pin({
+            let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+            async move { Ok(observability::serve_health(health, readiness, shutdown).await?) }
+        }),
+    );
+
+    if !args.disable_webhooks {
+        let config = crate::webhook::Config::from_run_args(&args, certs.clone())?;
+        spawn(
+            &mut tasks,
+            "webhook",
+            Box::pin(crate::webhook::run(
+                client.clone(),
+                config,
+                metrics.clone(),
+                readiness.clone(),
+                shutdown.clone(),
+            )),
+        );
+    }
+
+    if !args.disable_metrics {
+        let listener = bind(args.metrics_bind, "metrics").await?;
+        let security = if args.metrics_insecure {
+            MetricsSecurity::Insecure
+        } else {
+            if args.disable_webhooks && args.cert_dir.is_none() {
+                anyhow::bail!(
+                    "secure metrics need a serving certificate: keep the webhooks enabled, pass --cert-dir, or use --metrics-insecure"
+                );
+            }
+            MetricsSecurity::Secure {
+                tls: crate::server::tls_config(certs.resolver()),
+                authorizer: observability::kube_authorizer(client.clone(), AUTH_CACHE_TTL),
+            }
+        };
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        spawn(
+            &mut tasks,
+            "metrics",
+            Box::pin(async move {
+                Ok(observability::serve_metrics(listener, metrics, security, shutdown).await?)
+            }),
+        );
+    }
+
+    if !args.disable_controller {
+        let (client, metrics, readiness, namespace) = (
+            client.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            args.namespace.clone(),
+        );
+        let no_leader_elect = args.no_leader_elect;
+        let shutdown = shutdown.clone();
+        spawn(
+            &mut tasks,
+            "controller",
+            Box::pin(async move {
+                let config = crate::reconciler::Config::default();
+                if no_leader_elect {
+                    return crate::reconciler::run(client, config, metrics, readiness, shutdown)
+                        .await;
+                }
+                let lead = {
+                    let (client, metrics, readiness) =
+                        (client.clone(), metrics.clone(), readiness.clone());
+                    move |leading: CancellationToken| {
+                        crate::reconciler::run(client, config, metrics, readiness, leading)
+                    }
+                };
+                crate::leader::run_with_leadership(
+                    client, &namespace, identity, metrics, shutdown, lead,
+                )
+                .await
+            }),
+        );
+    }
+
+    info!(namespace = %args.namespace, "operator started");
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = match joined {
+            Ok(done) => done,
+            Err(e) => ("task", Err(anyhow::anyhow!("task panicked: {e}"))),
+        };
+        match result {
+            Ok(()) if shutdown.is_cancelled() => info!(task = name, "stopped"),
+            Ok(()) => {
+                error!(task = name, "stopped unexpectedly; shutting down");
+                failure.get_or_insert(anyhow::anyhow!("{name} stopped unexpectedly"));
+                shutdown.cancel();
+            }
+            Err(e) => {
+                error!(task = name, error = %format!("{e:#}"), "failed; shutting down");
+                failure.get_or_insert(e.context(name));
+                shutdown.cancel();
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for the {what} server (use --{what}-bind to change it)")
+    })
+}
