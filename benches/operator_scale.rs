@@ -171,22 +171,55 @@ fn realistic_node(name: &str, roles: &[&str], i: usize, mco: &BTreeMap<String, S
             "node.openshift.io/os_id": "rhcos",
         }),
     );
-    let mut ann: serde_json::Map<String, Value> = mco
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
+    let mut ann: serde_json::Map<String, Value> =
+        mco.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
     for (k, v) in [
-        ("volumes.kubernetes.io/controller-managed-attach-detach", "true".to_string()),
-        ("csi.volume.kubernetes.io/nodeid", format!("{{\"ebs.csi.aws.com\":\"i-0{i:016x}\"}}")),
+        (
+            "volumes.kubernetes.io/controller-managed-attach-detach",
+            "true".to_string(),
+        ),
+        (
+            "csi.volume.kubernetes.io/nodeid",
+            format!("{{\"ebs.csi.aws.com\":\"i-0{i:016x}\"}}"),
+        ),
         ("k8s.ovn.org/host-cidrs", format!("[\"{ip}/18\"]")),
-        ("k8s.ovn.org/node-chassis-id", format!("{i:08x}-6d4c-4f3b-9a53-2f1c0e7b{i:04x}")),
-        ("k8s.ovn.org/node-primary-ifaddr", format!("{{\"ipv4\":\"{ip}/18\"}}")),
-        ("k8s.ovn.org/node-subnets", format!("{{\"default\":[\"10.128.{}.0/23\"]}}", i % 256)),
-        ("k8s.ovn.org/l3-gateway-config", format!("{{\"default\":{{\"mode\":\"shared\",\"bridge-id\":\"br-ex\",\"interface-id\":\"br-ex_{name}\",\"mac-address\":\"02:4b:{:02x}:{:02x}:00:01\",\"ip-addresses\":[\"{ip}/18\"],\"next-hops\":[\"10.0.0.1\"],\"node-port-enable\":\"true\",\"vlan-id\":\"0\"}}}}", i % 256, i / 256 % 256)),
-        ("k8s.ovn.org/node-mgmt-port-mac-addresses", format!("{{\"default\":\"7a:1f:{:02x}:{:02x}:9c:01\"}}", i % 256, i / 256 % 256)),
-        ("machineconfiguration.openshift.io/lastAppliedDrain", "uncordon-rendered".to_string()),
-        ("machineconfiguration.openshift.io/lastSyncedControllerConfigResourceVersion", "48213".to_string()),
+        (
+            "k8s.ovn.org/node-chassis-id",
+            format!("{i:08x}-6d4c-4f3b-9a53-2f1c0e7b{i:04x}"),
+        ),
+        (
+            "k8s.ovn.org/node-primary-ifaddr",
+            format!("{{\"ipv4\":\"{ip}/18\"}}"),
+        ),
+        (
+            "k8s.ovn.org/node-subnets",
+            format!("{{\"default\":[\"10.128.{}.0/23\"]}}", i % 256),
+        ),
+        (
+            "k8s.ovn.org/l3-gateway-config",
+            format!(
+                "{{\"default\":{{\"mode\":\"shared\",\"bridge-id\":\"br-ex\",\"interface-id\":\"br-ex_{name}\",\"mac-address\":\"02:4b:{:02x}:{:02x}:00:01\",\"ip-addresses\":[\"{ip}/18\"],\"next-hops\":[\"10.0.0.1\"],\"node-port-enable\":\"true\",\"vlan-id\":\"0\"}}}}",
+                i % 256,
+                i / 256 % 256
+            ),
+        ),
+        (
+            "k8s.ovn.org/node-mgmt-port-mac-addresses",
+            format!(
+                "{{\"default\":\"7a:1f:{:02x}:{:02x}:9c:01\"}}",
+                i % 256,
+                i / 256 % 256
+            ),
+        ),
+        (
+            "machineconfiguration.openshift.io/lastAppliedDrain",
+            "uncordon-rendered".to_string(),
+        ),
+        (
+            "machineconfiguration.openshift.io/lastSyncedControllerConfigResourceVersion",
+            "48213".to_string(),
+        ),
     ] {
         ann.insert(k.to_string(), json!(v));
     }
@@ -196,12 +229,28 @@ fn realistic_node(name: &str, roles: &[&str], i: usize, mco: &BTreeMap<String, S
                "time": "2026-11-20T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": fields})
     };
     node["metadata"]["managedFields"] = json!([
-        field("kubelet", "Update", json!({"f:metadata": {"f:annotations": {".": {}, "f:volumes.kubernetes.io/controller-managed-attach-detach": {}},
+        field(
+            "kubelet",
+            "Update",
+            json!({"f:metadata": {"f:annotations": {".": {}, "f:volumes.kubernetes.io/controller-managed-attach-detach": {}},
             "f:labels": {".": {}, "f:beta.kubernetes.io/arch": {}, "f:beta.kubernetes.io/os": {}, "f:kubernetes.io/arch": {}, "f:kubernetes.io/hostname": {}, "f:kubernetes.io/os": {}, "f:node.kubernetes.io/instance-type": {}, "f:topology.kubernetes.io/region": {}, "f:topology.kubernetes.io/zone": {}}},
-            "f:spec": {"f:providerID": {}}})),
-        field("machine-config-daemon", "Update", json!({"f:metadata": {"f:annotations": {"f:machineconfiguration.openshift.io/currentConfig": {}, "f:machineconfiguration.openshift.io/desiredConfig": {}, "f:machineconfiguration.openshift.io/lastAppliedDrain": {}, "f:machineconfiguration.openshift.io/reason": {}, "f:machineconfiguration.openshift.io/state": {}}}})),
-        field("ovnkube", "Update", json!({"f:metadata": {"f:annotations": {"f:k8s.ovn.org/host-cidrs": {}, "f:k8s.ovn.org/l3-gateway-config": {}, "f:k8s.ovn.org/node-chassis-id": {}, "f:k8s.ovn.org/node-mgmt-port-mac-addresses": {}, "f:k8s.ovn.org/node-primary-ifaddr": {}, "f:k8s.ovn.org/node-subnets": {}}}})),
-        field("sandboxed-containers-operator", "Apply", json!({"f:metadata": {"f:labels": {"f:node-role.kubernetes.io/kata-oc": {}}}})),
+            "f:spec": {"f:providerID": {}}})
+        ),
+        field(
+            "machine-config-daemon",
+            "Update",
+            json!({"f:metadata": {"f:annotations": {"f:machineconfiguration.openshift.io/currentConfig": {}, "f:machineconfiguration.openshift.io/desiredConfig": {}, "f:machineconfiguration.openshift.io/lastAppliedDrain": {}, "f:machineconfiguration.openshift.io/reason": {}, "f:machineconfiguration.openshift.io/state": {}}}})
+        ),
+        field(
+            "ovnkube",
+            "Update",
+            json!({"f:metadata": {"f:annotations": {"f:k8s.ovn.org/host-cidrs": {}, "f:k8s.ovn.org/l3-gateway-config": {}, "f:k8s.ovn.org/node-chassis-id": {}, "f:k8s.ovn.org/node-mgmt-port-mac-addresses": {}, "f:k8s.ovn.org/node-primary-ifaddr": {}, "f:k8s.ovn.org/node-subnets": {}}}})
+        ),
+        field(
+            "sandboxed-containers-operator",
+            "Apply",
+            json!({"f:metadata": {"f:labels": {"f:node-role.kubernetes.io/kata-oc": {}}}})
+        ),
     ]);
     node
 }
@@ -315,7 +364,10 @@ struct Settled {
 const COPIED: &[(&str, &str)] = &[
     // Owners first, so their new uids are known before the dependents' ownerReferences.
     ("kataconfiguration.openshift.io/v1", "kataconfigs"),
-    ("machineconfiguration.openshift.io/v1", "containerruntimeconfigs"),
+    (
+        "machineconfiguration.openshift.io/v1",
+        "containerruntimeconfigs",
+    ),
     ("machineconfiguration.openshift.io/v1", "machineconfigpools"),
     ("machineconfiguration.openshift.io/v1", "machineconfigs"),
     ("node.k8s.io/v1", "runtimeclasses"),
@@ -434,7 +486,11 @@ async fn admission(fake: &FakeApi, op: &Operator, requests: usize) -> (Latency, 
 async fn small_cluster(o: &Opts) -> Settled {
     let fake = FakeApi::new();
     for i in 0..3 {
-        fake.insert_json(node_json(&format!("master-{i}"), &["master", "control-plane"], json!({})));
+        fake.insert_json(node_json(
+            &format!("master-{i}"),
+            &["master", "control-plane"],
+            json!({}),
+        ));
         fake.insert_json(node_json(&format!("worker-{i}"), &["worker"], json!({})));
     }
     fake.insert_json(machine_config_json("00-master", "master"));
@@ -511,12 +567,7 @@ async fn seed_big(fake: &FakeApi, o: &Opts, settled: &Settled) {
         ));
     }
     for i in 0..o.nodes {
-        let mut node = realistic_node(
-            &format!("worker-{i}"),
-            &["worker"],
-            i,
-            &settled.worker_mco,
-        );
+        let mut node = realistic_node(&format!("worker-{i}"), &["worker"], i, &settled.worker_mco);
         node["metadata"]["labels"][KATA_ROLE_LABEL] = json!("");
         fake.insert_json(node);
     }
@@ -655,7 +706,10 @@ async fn big_cluster(o: &Opts, settled: Settled) {
     result("node_touch.reconciles", n);
     result("node_touch.cpu_ms", format!("{cpu:.2}"));
     result("node_touch.wall_ms", format!("{wall:.2}"));
-    result("node_touch.operator_writes", fake.write_count_by("operator"));
+    result(
+        "node_touch.operator_writes",
+        fake.write_count_by("operator"),
+    );
 
     let (validate, mutate) = admission(&fake, &op, o.requests).await;
     for (k, l) in [("validate", &validate), ("mutate", &mutate)] {

@@ -90,16 +90,19 @@ impl Replica {
             Readiness::new(),
             CancellationToken::new(),
         );
-        let task = runtime.spawn({
-            let (fake, metrics, readiness, shutdown) = (
-                fake.clone(),
-                metrics.clone(),
-                readiness.clone(),
-                shutdown.clone(),
-            );
-            // The client's worker task must live on this replica's runtime.
-            async move { run::run_with(fake.client_as(name), args, metrics, readiness, shutdown).await }
-        });
+        let task =
+            runtime.spawn({
+                let (fake, metrics, readiness, shutdown) = (
+                    fake.clone(),
+                    metrics.clone(),
+                    readiness.clone(),
+                    shutdown.clone(),
+                );
+                // The client's worker task must live on this replica's runtime.
+                async move {
+                    run::run_with(fake.client_as(name), args, metrics, readiness, shutdown).await
+                }
+            });
         Replica {
             name,
             runtime: Some(runtime),
@@ -126,6 +129,13 @@ impl Replica {
             .text()
             .await
             .expect("metrics body")
+    }
+
+    /// Ready, and the webhook port accepts connections (readiness components register as
+    /// their tasks start, so `ready` alone can hold before the webhook task ran).
+    fn serving(&self) -> bool {
+        assert!(!self.task.is_finished(), "replica {} stopped", self.name);
+        self.readiness.check().is_ok() && std::net::TcpStream::connect(self.webhook).is_ok()
     }
 
     fn reconciles(&self) -> u64 {
@@ -249,8 +259,8 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
             .is_some_and(|s| s.kata_nodes.ready_node_count == 3 && s.runtime_classes == ["kata"])
     })
     .await;
-    eventually("both replicas ready", || {
-        a.readiness.check().is_ok() && b.readiness.check().is_ok()
+    eventually("both replicas ready and serving webhooks", || {
+        [&a, &b].iter().all(|r| r.serving())
     })
     .await;
 
@@ -289,7 +299,10 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
     let review = pod_review();
     let (lead_der, lead_resp) = served(&ca, leader.webhook, &review).await;
     let (follow_der, follow_resp) = served(&ca, follower.webhook, &review).await;
-    assert_eq!(lead_der, follow_der, "both replicas serve the same certificate");
+    assert_eq!(
+        lead_der, follow_der,
+        "both replicas serve the same certificate"
+    );
     for resp in [&lead_resp, &follow_resp] {
         assert_eq!(resp["response"]["allowed"], true);
         assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
@@ -307,15 +320,21 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
         holder(&fake) == next
     })
     .await;
-    eventually("the new leader reports it", || follower.metrics.leader.get() == 1).await;
+    eventually("the new leader reports it", || {
+        follower.metrics.leader.get() == 1
+    })
+    .await;
     let (_, _, _, transitions) = lease(&fake);
     assert_eq!(transitions, 1);
 
     // A third replica joins as follower; then the leader dies without releasing the Lease.
     let mut c = Replica::start(&fake, "replica-c", &service_url);
-    eventually("the third replica is ready", || c.readiness.check().is_ok()).await;
+    eventually("the third replica is ready", || c.serving()).await;
     let (third_der, _) = served(&ca, c.webhook, &review).await;
-    assert_eq!(third_der, lead_der, "a new replica serves the same certificate");
+    assert_eq!(
+        third_der, lead_der,
+        "a new replica serves the same certificate"
+    );
     assert_eq!(c.metrics.leader.get(), 0);
     follower.kill();
     // Let the dropped tasks finish dropping, then read the dead leader's last renewal.
@@ -355,7 +374,12 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
     let writers: Vec<String> = fake
         .requests()
         .iter()
-        .filter(|r| r.resource == "runtimeclasses" && r.verb != "list" && r.verb != "watch" && r.verb != "get")
+        .filter(|r| {
+            r.resource == "runtimeclasses"
+                && r.verb != "list"
+                && r.verb != "watch"
+                && r.verb != "get"
+        })
         .map(|r| format!("{} {}", r.client, r.verb))
         .collect();
     assert!(
@@ -363,10 +387,16 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
         "replica-c repaired the RuntimeClass: {writers:?}"
     );
     assert!(
-        writers.iter().all(|w| w.starts_with("replica-c ") || w.starts_with("admin ")),
+        writers
+            .iter()
+            .all(|w| w.starts_with("replica-c ") || w.starts_with("admin ")),
         "only the leader writes: {writers:?}"
     );
-    assert!(c.reconciles() > 0);
+    // The counter moves when the reconcile returns, after its writes.
+    eventually("the new leader counts its reconciles", || {
+        c.reconciles() > 0
+    })
+    .await;
     let text = c.scrape().await;
     assert_eq!(
         metric_line(&text, "kata_operator_leader"),

@@ -155,7 +155,7 @@ fn node_fp(n: &PartialObjectMeta<Node>) -> u64 {
 /// Keeps in the node cache only what the decision reads: real nodes carry kilobytes of
 /// managedFields and network-plugin annotations each, which would dominate the cache (and be
 /// copied into every snapshot) on a large cluster.
-fn slim_node(n: &mut PartialObjectMeta<Node>) {
+pub fn slim_node(n: &mut PartialObjectMeta<Node>) {
     n.managed_fields_mut().clear();
     n.annotations_mut()
         .retain(|k, _| NODE_ANNOTATIONS.contains(&k.as_str()));
