@@ -94,4 +94,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Leader-election identity (the pod name; defaults to `sandboxed-containers-operator-<pid>`).
+    #[arg(long, env = "POD_NAME", hide = true)]
+    pub identity: Option<String>,
+    /// Leader-election Lease duration; the leader renews every third of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub lease_duration_seconds: u64,
 }

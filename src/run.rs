@@ -47,8 +47,11 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let certs = CertStore::new(Some(metrics.clone()));
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
+    let leader_config = leader_config(args.lease_duration_seconds);
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let spawn = |tasks: &mut JoinSet<_>,
@@ -115,12 +118,16 @@ pub async fn run_with(
             args.namespace.clone(),
         );
         let no_leader_elect = args.no_leader_elect;
+        let pod_name = args.identity.clone();
         let shutdown = shutdown.clone();
         spawn(
             &mut tasks,
             "controller",
             Box::pin(async move {
-                let config = crate::reconciler::Config::default();
+                let config = crate::reconciler::Config {
+                    instance: pod_name,
+                    ..Default::default()
+                };
                 if no_leader_elect {
                     return crate::reconciler::run(client, config, metrics, readiness, shutdown)
                         .await;
@@ -132,8 +139,14 @@ pub async fn run_with(
                         crate::reconciler::run(client, config, metrics, readiness, leading)
                     }
                 };
-                crate::leader::run_with_leadership(
-                    client, &namespace, identity, metrics, shutdown, lead,
+                crate::leader::run_with_config(
+                    client,
+                    &namespace,
+                    identity,
+                    leader_config,
+                    metrics,
+                    shutdown,
+                    lead,
                 )
                 .await
             }),
@@ -167,8 +180,44 @@ pub async fn run_with(
     }
 }
 
+/// Lease timings scaled from `--lease-duration-seconds`: renew every third, retry every
+/// 2/15 (15 s gives client-go's usual 15/5/2 s).
+fn leader_config(lease_seconds: u64) -> crate::leader::LeaderConfig {
+    let lease_duration = Duration::from_secs(lease_seconds.max(1));
+    crate::leader::LeaderConfig {
+        lease_duration,
+        renew_interval: lease_duration / 3,
+        retry_interval: lease_duration * 2 / 15,
+        ..Default::default()
+    }
+}
+
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} for the {what} server (use --{what}-bind to change it)")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_lease_timings_match_the_leader_defaults() {
+        let c = leader_config(15);
+        let d = crate::leader::LeaderConfig::default();
+        assert_eq!(
+            (c.lease_duration, c.renew_interval, c.retry_interval),
+            (d.lease_duration, d.renew_interval, d.retry_interval)
+        );
+        assert_eq!(c.lease_name, d.lease_name);
+    }
+
+    #[test]
+    fn short_leases_scale_renew_and_retry() {
+        let c = leader_config(3);
+        assert_eq!(c.lease_duration, Duration::from_secs(3));
+        assert_eq!(c.renew_interval, Duration::from_secs(1));
+        assert_eq!(c.retry_interval, Duration::from_millis(400));
+    }
 }

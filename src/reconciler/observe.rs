@@ -135,18 +135,30 @@ fn fingerprint<T: Hash>(v: &T) -> u64 {
     h.finish()
 }
 
+/// The only node annotations the decision reads.
+const NODE_ANNOTATIONS: [&str; 4] = [
+    MCO_CURRENT_CONFIG,
+    MCO_DESIRED_CONFIG,
+    MCO_STATE,
+    MCO_REASON,
+];
+
 /// Node fingerprint: labels and the MCO annotations; status heartbeats do not trigger.
 fn node_fp(n: &PartialObjectMeta<Node>) -> u64 {
-    let anns: Vec<_> = [
-        MCO_CURRENT_CONFIG,
-        MCO_DESIRED_CONFIG,
-        MCO_STATE,
-        MCO_REASON,
-    ]
-    .iter()
-    .map(|k| n.annotations().get(*k))
-    .collect();
+    let anns: Vec<_> = NODE_ANNOTATIONS
+        .iter()
+        .map(|k| n.annotations().get(*k))
+        .collect();
     fingerprint(&(n.labels(), anns))
+}
+
+/// Keeps in the node cache only what the decision reads: real nodes carry kilobytes of
+/// managedFields and network-plugin annotations each, which would dominate the cache (and be
+/// copied into every snapshot) on a large cluster.
+pub fn slim_node(n: &mut PartialObjectMeta<Node>) {
+    n.managed_fields_mut().clear();
+    n.annotations_mut()
+        .retain(|k, _| NODE_ANNOTATIONS.contains(&k.as_str()));
 }
 
 fn rv_fp<K: Resource>(o: &K) -> u64 {
@@ -167,7 +179,8 @@ impl Caches {
             watcher::watcher(
                 Api::<PartialObjectMeta<Node>>::all(client.clone()),
                 watcher::Config::default(),
-            ),
+            )
+            .modify(slim_node),
             node_fp,
             &trigger,
             &metrics,
@@ -486,6 +499,35 @@ mod tests {
         assert_eq!(active_kata_config([&old, &new]).as_deref(), Some("old"));
         let gone = kc("old", "2026-01-01T00:00:00Z", true, false);
         assert_eq!(active_kata_config([&gone, &new]).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn node_cache_keeps_labels_and_mco_annotations_only() {
+        let mut n: PartialObjectMeta<Node> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": "worker-0",
+                "labels": {"node-role.kubernetes.io/worker": ""},
+                "annotations": {
+                    MCO_STATE: "Done", MCO_CURRENT_CONFIG: "rendered-a", MCO_DESIRED_CONFIG: "rendered-a",
+                    MCO_REASON: "", "k8s.ovn.org/node-subnets": "{\"default\":[\"10.128.0.0/23\"]}",
+                },
+                "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}],
+            },
+        }))
+        .expect("node metadata");
+        let before = node_fp(&n);
+        slim_node(&mut n);
+        assert!(n.metadata.managed_fields.as_ref().is_none_or(Vec::is_empty));
+        let mut kept: Vec<_> = n.annotations().keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        let mut want = NODE_ANNOTATIONS.to_vec();
+        want.sort_unstable();
+        assert_eq!(kept, want);
+        assert_eq!(n.labels().len(), 1);
+        assert_eq!(node_fp(&n), before, "slimming never changes what triggers");
+        let info = NodeInfo::from_meta(&n.metadata);
+        assert_eq!(info.annotation(MCO_CURRENT_CONFIG), Some("rendered-a"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -126,6 +127,11 @@ impl Caches {
                     Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                     cfg(),
                 )
+                // Only the policy label is read; namespaces are many.
+                .modify(|ns| {
+                    ns.managed_fields_mut().clear();
+                    ns.annotations_mut().clear();
+                })
                 .default_backoff(),
             ),
             None,
@@ -136,6 +142,8 @@ impl Caches {
             reflector::reflector(
                 w.nodes,
                 watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg())
+                    // Labels (and MCO annotations) are all the KataConfig checks read.
+                    .modify(crate::reconciler::observe::slim_node)
                     .default_backoff(),
             ),
             None,

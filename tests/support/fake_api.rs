@@ -1156,6 +1156,19 @@ impl FakeApi {
     }
 
     fn select(&self, st: &State, t: &Target, filter: &Filter) -> Vec<(Key, Value)> {
+        self.select_refs(st, t, filter)
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// [`Self::select`] without copies, so a list page clones only the objects it returns.
+    fn select_refs<'a>(
+        &self,
+        st: &'a State,
+        t: &Target,
+        filter: &Filter,
+    ) -> Vec<(&'a Key, &'a Value)> {
         st.objects
             .iter()
             .filter(|(k, v)| {
@@ -1165,14 +1178,13 @@ impl FakeApi {
                     && t.namespace.as_ref().is_none_or(|n| *n == k.namespace)
                     && filter.matches(v)
             })
-            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
     fn do_list(&self, t: &Target, q: &BTreeMap<String, String>) -> Result<(u16, Value), ApiErr> {
         let filter = Filter::from_query(q)?;
         let st = self.state();
-        let mut items = self.select(&st, t, &filter);
+        let mut items = self.select_refs(&st, t, &filter);
         // Pagination: the continue token is the last returned "namespace/name".
         if let Some(after) = q.get("continue").filter(|c| !c.is_empty()) {
             items.retain(|(k, _)| format!("{}/{}", k.namespace, k.name) > *after);
@@ -1196,7 +1208,7 @@ impl FakeApi {
                 "kind": format!("{}List", t.res.kind),
                 "apiVersion": t.res.api_version(),
                 "metadata": {"resourceVersion": st.rv.to_string(), "continue": cont},
-                "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+                "items": items.into_iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
             }),
         ))
     }
