@@ -88,13 +88,13 @@ fn https_client(ca_pem: &[u8]) -> reqwest::Client {
 }
 
 fn pod_review(namespace: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/samples");
-    let _ = path;
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/admission/pod-create-plain.json"),
-    )
-    .expect("fixture");
+    // `shared/` sits beside the checkout (CI) or beside a parent folder (worktrees).
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("shared/fixtures/admission/pod-create-plain.json"))
+        .find(|p| p.exists())
+        .expect("shared/fixtures/admission/pod-create-plain.json beside the checkout");
+    let text = std::fs::read_to_string(fixture).expect("fixture");
     let mut review: Value = serde_json::from_str(&text).expect("json");
     review["request"]["namespace"] = json!(namespace);
     review["request"]["object"]["metadata"]["namespace"] = json!(namespace);
