@@ -22,16 +22,16 @@
 //!
 //! Loopback only, every loop bounded.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use sandboxed_containers_operator::api::{KataConfig, MachineConfigPool};
 use sandboxed_containers_operator::cli::{Cli, Command, RunArgs};
@@ -43,7 +43,7 @@ use sandboxed_containers_operator::names::{
 };
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{FakeApi, McoSimulator, SimOptions, machine_config_json, node_json};
+use support::{FakeApi, McoSimulator, SimOptions, free_port, machine_config_json, node_json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -90,29 +90,6 @@ fn result(key: &str, value: impl std::fmt::Display) {
     println!("RESULT {key} {value}");
 }
 
-fn cpu_time() -> Duration {
-    // utime + stime of the whole process (all threads), in clock ticks of 10 ms.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
@@ -123,11 +100,6 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         assert!(start.elapsed() < WAIT, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn run_args() -> (RunArgs, u16) {
@@ -418,22 +390,7 @@ fn sample(name: &str, namespace: &str) -> Value {
 
 /// p50/p99 of `requests` sequential keep-alive HTTPS requests to /validate-pod and /mutate-pod.
 async fn admission(fake: &FakeApi, op: &Operator, requests: usize) -> (Latency, Latency) {
-    let secret = fake
-        .get_ns::<Secret>(NAMESPACE, "sandboxed-containers-operator-webhook-cert")
-        .expect("webhook certificate Secret");
-    let ca = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .expect("ca.crt")
-        .0
-        .clone();
-    let https = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let https = support::https_client(&support::webhook_ca(fake, NAMESPACE));
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", op.webhook_port);
     let mutate = serde_json::to_vec(&sample("pod-plain-default", "ns-0000")).expect("body");
     let validate = serde_json::to_vec(&sample("pod-kata-default", "ns-0000")).expect("body");
@@ -602,13 +559,13 @@ where
 {
     let (sum0, count0) = op.duration_sum_count();
     let before = op.reconciles();
-    let cpu = cpu_time();
+    let cpu = common::cpu_time();
     for i in 0..k {
         let target = op.reconciles() + 1;
         touch(i).await;
         wait_for("triggered reconcile", || op.reconciles() >= target).await;
     }
-    let cpu = cpu_time().saturating_sub(cpu);
+    let cpu = common::cpu_time().saturating_sub(cpu);
     let (sum1, count1) = op.duration_sum_count();
     let n = op.reconciles() - before;
     (
@@ -622,11 +579,11 @@ async fn big_cluster(o: &Opts, settled: Settled) {
     let fake = FakeApi::new();
     seed_big(&fake, o, &settled).await;
     drop(settled);
-    result("baseline.rss_mib", mib(status_kib("VmRSS:")));
-    result("baseline.hwm_mib", mib(status_kib("VmHWM:")));
+    result("baseline.rss_mib", mib(common::status_kib("VmRSS:")));
+    result("baseline.hwm_mib", mib(common::status_kib("VmHWM:")));
 
     fake.clear_requests();
-    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let (cpu0, wall0) = (common::cpu_time(), Instant::now());
     let op = Operator::start(&fake);
     op.ready().await;
     wait_for("the operator reports every node installed", || {
@@ -636,19 +593,19 @@ async fn big_cluster(o: &Opts, settled: Settled) {
     op.settle(Duration::from_secs(1)).await;
     result(
         "startup.cpu_ms",
-        cpu_time().saturating_sub(cpu0).as_millis(),
+        common::cpu_time().saturating_sub(cpu0).as_millis(),
     );
     result("startup.wall_ms", wall0.elapsed().as_millis());
     result("startup.reconciles", op.reconciles());
     result("startup.operator_writes", fake.write_count_by("operator"));
-    result("settled.rss_mib", mib(status_kib("VmRSS:")));
+    result("settled.rss_mib", mib(common::status_kib("VmRSS:")));
 
     // API-server + client cost of one write nobody watches, to read the numbers below against.
     let admin = fake.client_as("admin");
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "bench"}})).expect("cm");
     cms.create(&PostParams::default(), &cm).await.expect("cm");
-    let cpu = cpu_time();
+    let cpu = common::cpu_time();
     for i in 0..o.reconciles {
         cms.patch(
             "bench",
@@ -662,7 +619,7 @@ async fn big_cluster(o: &Opts, settled: Settled) {
         "api_write.cpu_ms",
         format!(
             "{:.3}",
-            cpu_time().saturating_sub(cpu).as_secs_f64() * 1000.0 / o.reconciles as f64
+            common::cpu_time().saturating_sub(cpu).as_secs_f64() * 1000.0 / o.reconciles as f64
         ),
     );
 
@@ -717,8 +674,8 @@ async fn big_cluster(o: &Opts, settled: Settled) {
         result(&format!("big.{k}.p99_ms"), format!("{:.3}", l.p99));
         result(&format!("big.{k}.mean_ms"), format!("{:.3}", l.mean));
     }
-    result("final.rss_mib", mib(status_kib("VmRSS:")));
-    result("peak.hwm_mib", mib(status_kib("VmHWM:")));
+    result("final.rss_mib", mib(common::status_kib("VmRSS:")));
+    result("peak.hwm_mib", mib(common::status_kib("VmHWM:")));
     op.stop().await;
 }
 

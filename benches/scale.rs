@@ -4,8 +4,10 @@
 //! (node selection + desired objects + node-by-node progress) and the process's peak RSS.
 //! No thresholds here: numbers are for the team's notes and docs.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sandboxed_containers_operator::api::{KataConfig, KataConfigSpec};
 use sandboxed_containers_operator::names::{
@@ -44,29 +46,6 @@ fn cluster(n: usize) -> Vec<NodeInfo> {
         .collect()
 }
 
-fn cpu_time() -> Duration {
-    // Process CPU time (user + system) from /proc/self/stat, in clock ticks (100 Hz on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -93,7 +72,7 @@ fn main() {
         }),
     };
     let rounds = 50;
-    let (wall, cpu) = (Instant::now(), cpu_time());
+    let (wall, cpu) = (Instant::now(), common::cpu_time());
     let (mut selected, mut installed) = (0, 0);
     for _ in 0..rounds {
         let d = desired_state(&kc, &nodes).expect("valid");
@@ -101,7 +80,7 @@ fn main() {
         selected = d.selection.kata_nodes.len();
         installed = p.nodes.installed.len();
     }
-    let cpu = cpu_time().saturating_sub(cpu);
+    let cpu = common::cpu_time().saturating_sub(cpu);
     let wall = wall.elapsed();
     println!("nodes: {n}, rounds: {rounds}, selected: {selected}, installed: {installed}");
     println!(
@@ -109,5 +88,8 @@ fn main() {
         wall.as_secs_f64() * 1000.0 / rounds as f64,
         cpu.as_secs_f64() * 1000.0 / rounds as f64
     );
-    println!("peak RSS: {:.1} MiB", peak_rss_kib() as f64 / 1024.0);
+    println!(
+        "peak RSS: {:.1} MiB",
+        common::status_kib("VmHWM:") as f64 / 1024.0
+    );
 }

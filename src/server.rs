@@ -96,16 +96,15 @@ pub async fn serve(
 pub fn tls_config(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Arc<rustls::ServerConfig> {
+    // ring supports both versions, so this cannot fail; the old fallback silently depended on a
+    // process-wide default provider and would have panicked without one.
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map(|b| b.with_no_client_auth().with_cert_resolver(resolver.clone()))
-    .unwrap_or_else(|_| {
-        rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(resolver)
-    });
+    .expect("the ring provider supports TLS 1.2 and 1.3")
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DeleteParams, PostParams};
 use sandboxed_containers_operator::api::KataConfig;
@@ -25,7 +25,7 @@ use sandboxed_containers_operator::leader::LEASE_NAME;
 use sandboxed_containers_operator::metrics::Metrics;
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{FakeApi, McoSimulator, SimOptions, eventually, seed_cluster};
+use support::{FakeApi, McoSimulator, SimOptions, eventually, free_port, seed_cluster};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +33,6 @@ use tokio_util::sync::CancellationToken;
 const NAMESPACE: &str = "openshift-sandboxed-containers-operator";
 /// Short Lease for the test; the renew period is a third of it.
 const LEASE_SECONDS: u64 = 6;
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
 
 struct Replica {
     name: &'static str,
@@ -290,12 +285,7 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
     );
 
     // Both serve the webhooks with the one certificate of the shared Secret, and both answer.
-    let ca = fake
-        .get_ns::<Secret>(NAMESPACE, "sandboxed-containers-operator-webhook-cert")
-        .and_then(|s| s.data)
-        .and_then(|d| d.get("ca.crt").cloned())
-        .expect("ca.crt in the shared Secret")
-        .0;
+    let ca = support::webhook_ca(&fake, NAMESPACE);
     let review = pod_review();
     let (lead_der, lead_resp) = served(&ca, leader.webhook, &review).await;
     let (follow_der, follow_resp) = served(&ca, follower.webhook, &review).await;

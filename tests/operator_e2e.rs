@@ -25,7 +25,10 @@ use sandboxed_containers_operator::names::KATA_ROLE_LABEL;
 use sandboxed_containers_operator::packaging::rbac::{self, ApiCall};
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{FakeApi, McoSimulator, ReviewUser, SimOptions, eventually, seed_cluster};
+use support::{
+    FakeApi, McoSimulator, ReviewUser, SimOptions, eventually, free_port, https_client,
+    seed_cluster,
+};
 use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "openshift-sandboxed-containers-operator";
@@ -45,11 +48,6 @@ impl Write for LogBuffer {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn run_args(
@@ -76,15 +74,6 @@ fn run_args(
         Command::Run(args) => args,
         other => panic!("expected run, got {other:?}"),
     }
-}
-
-fn https_client(ca_pem: &[u8]) -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA"))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
 }
 
 fn pod_review(namespace: &str) -> Value {

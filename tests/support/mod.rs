@@ -87,3 +87,31 @@ pub fn seed_cluster(fake: &FakeApi, masters: usize, workers: usize, converged: b
     fake.insert_json(machine_config_json("00-master", "master"));
     fake.insert_json(machine_config_json("00-worker", "worker"));
 }
+
+/// A loopback address whose port is free right now (the caller binds it soon after).
+pub fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local address")
+}
+
+/// `ca.crt` (PEM) of the operator's self-managed webhook certificate Secret in `namespace`.
+pub fn webhook_ca(fake: &FakeApi, namespace: &str) -> Vec<u8> {
+    fake.get_ns::<k8s_openapi::api::core::v1::Secret>(
+        namespace,
+        "sandboxed-containers-operator-webhook-cert",
+    )
+    .and_then(|s| s.data)
+    .and_then(|d| d.get("ca.crt").cloned())
+    .expect("ca.crt in the operator's webhook certificate Secret")
+    .0
+}
+
+/// An HTTPS client (rustls) trusting only `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA PEM"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTPS client")
+}
