@@ -33,9 +33,13 @@ cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+# Tests that need a real kube-apiserver carry `real_api_server` in their name. Without the
+# binaries they are filtered out, so the summary counts them as skipped, never as passed.
+filter=()
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
-  echo "==> envtest tier: KUBEBUILDER_ASSETS is not set, so the real-API-server scenarios skip (the in-memory tiers still run)"
+  echo "==> envtest tier: KUBEBUILDER_ASSETS is not set, so the real-API-server tests are skipped (the in-memory tiers still run)"
+  filter=(-E 'not test(real_api_server)')
 fi
 
 echo "==> cargo nextest run"
-cargo nextest run --no-fail-fast
+cargo nextest run --no-fail-fast "${filter[@]}"

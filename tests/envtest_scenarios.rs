@@ -196,7 +196,12 @@ async fn scenarios_on_a_real_api_server() {
     let Some(env) = envtest::start().await else {
         return;
     };
-    lifecycle(env.client.clone()).await;
+    // The operator runs as its ServiceAccount under the generated RBAC, as OLM installs it.
+    let operator = env
+        .operator_client(sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE)
+        .await
+        .expect("operator ServiceAccount client");
+    lifecycle(env.client.clone(), operator).await;
 }
 
 /// The same walk against the in-memory API, so the scenario itself is known to be right even
@@ -204,10 +209,14 @@ async fn scenarios_on_a_real_api_server() {
 #[tokio::test]
 async fn scenarios_on_the_in_memory_api() {
     let api = support::FakeApi::new();
-    lifecycle(api.client()).await;
+    lifecycle(api.client_as("admin"), api.client()).await;
 }
 
-async fn lifecycle(client: Client) {
+/// `client` acts for the administrator and the MCO, `operator` is the operator's own client.
+/// Nothing the operator asks may be refused: a 403 anywhere in its logs fails the walk.
+async fn lifecycle(client: Client, operator: Client) {
+    let logs =
+        support::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
     for i in 0..3 {
         apply_json::<Node>(
             &client,
@@ -233,7 +242,7 @@ async fn lifecycle(client: Client) {
     )
     .await
     .expect("mco simulator");
-    let op = start_operator(&client);
+    let op = start_operator(&operator);
 
     // 1. First install.
     apply_json::<KataConfig>(
@@ -256,7 +265,7 @@ async fn lifecycle(client: Client) {
     let before = our_resource_versions(&client).await;
     op.shutdown.cancel();
     op.task.await.expect("join").expect("clean stop");
-    let op = start_operator(&client);
+    let op = start_operator(&operator);
     let r = op.readiness.clone();
     wait("restarted operator ready", || {
         let r = r.clone();
@@ -396,11 +405,12 @@ async fn lifecycle(client: Client) {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}),
     )
     .await;
+    // Applied, not created: with kube-controller-manager running it creates `default` itself.
     Api::<ServiceAccount>::namespaced(client.clone(), "team-a")
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}))
-                .expect("sa"),
+        .patch(
+            "default",
+            &PatchParams::apply("envtest").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "team-a"}})),
         )
         .await
         .expect("service account");
@@ -462,7 +472,7 @@ async fn lifecycle(client: Client) {
     .await;
     op.task.abort();
     let _ = op.task.await;
-    let op = start_operator(&client);
+    let op = start_operator(&operator);
     let c = client.clone();
     wait("KataConfig gone", || {
         let c = c.clone();
@@ -499,4 +509,152 @@ async fn lifecycle(client: Client) {
     op.shutdown.cancel();
     op.task.await.expect("join").expect("clean stop");
     sim.stop().await;
+    let text = logs.text();
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("is forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the operator was refused by the API server:\n{}",
+        refused.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------- the fake refuses as the real server does
+
+/// RBAC for the probe ServiceAccount `probe/probe`: in `probe`, ConfigMaps may be patched and
+/// updated (not created or deleted) and Secrets created; KataConfig finalizers are out of reach.
+fn probe_rbac() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "probe", "namespace": "probe"},
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch", "update"]},
+                         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "probe", "namespace": "probe"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "probe"},
+               "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": "probe"}]}),
+    ]
+}
+
+/// The refusals of one server for the same requests: (code, reason, message, details name/kind).
+async fn refusals(admin: &Client, probe: &Client) -> Vec<(u16, String, String, String, String)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let owner: KataConfig = Api::<KataConfig>::all(admin.clone())
+        .patch(
+            "owner",
+            &PatchParams::apply("probe").force(),
+            &Patch::Apply(json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "metadata": {"name": "owner"}, "spec": {}})),
+        )
+        .await
+        .expect("owner KataConfig");
+    let owner_ref = |block: bool| {
+        json!([{"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+                "name": "owner", "uid": owner.uid(), "blockOwnerDeletion": block}])
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(probe.clone(), "probe");
+    let mut out = Vec::new();
+    let mut record = |r: Result<ConfigMap, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => {
+            let (name, kind) = s
+                .details
+                .as_ref()
+                .map(|d| (d.name.clone(), d.kind.clone()))
+                .unwrap_or_default();
+            out.push((s.code, s.reason.clone(), s.message.clone(), name, kind));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // 1. An apply that would create the object: authorized as patch, refused as create.
+    record(
+        cms.patch(
+            "applied",
+            &PatchParams::apply("probe").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "namespace": "probe"}})),
+        )
+        .await,
+    );
+    // 2. A verb the role lacks, at the request filter.
+    record(
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "plain"}})).expect("cm"),
+        )
+        .await,
+    );
+    // 3. Changing ownerReferences of an existing object without `delete` on it.
+    Api::<ConfigMap>::namespaced(admin.clone(), "probe")
+        .patch(
+            "owned",
+            &PatchParams::apply("probe").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned", "namespace": "probe"}})),
+        )
+        .await
+        .expect("admin creates");
+    record(
+        cms.patch(
+            "owned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": owner_ref(false)}})),
+        )
+        .await,
+    );
+    let mut record_secret = |r: Result<Secret, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => {
+            let (name, kind) = s
+                .details
+                .as_ref()
+                .map(|d| (d.name.clone(), d.kind.clone()))
+                .unwrap_or_default();
+            out.push((s.code, s.reason.clone(), s.message.clone(), name, kind));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // 4. A new blocking ownerReference without `update` on the owner's finalizers.
+    record_secret(
+        Api::<Secret>::namespaced(probe.clone(), "probe")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": "blocking", "ownerReferences": owner_ref(true)}}),
+                )
+                .expect("secret"),
+            )
+            .await,
+    );
+    // 5. A listing across all namespaces, refused with the cluster-scope sentence.
+    record_secret(
+        Api::<Secret>::all(probe.clone())
+            .list(&Default::default())
+            .await
+            .map(|_| Secret::default()),
+    );
+    out
+}
+
+#[tokio::test]
+async fn the_in_memory_api_refuses_exactly_as_the_real_api_server() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    let probe = env
+        .service_account_client("probe", "probe", probe_rbac())
+        .await
+        .expect("probe ServiceAccount");
+    let real = refusals(&env.client, &probe).await;
+
+    let fake = support::FakeApi::new();
+    for obj in probe_rbac() {
+        fake.insert_json(obj);
+    }
+    let fake_probe = fake.client_as_user(
+        "probe",
+        support::UserInfo::service_account("probe", "probe"),
+    );
+    let modelled = refusals(&fake.client_as("admin"), &fake_probe).await;
+    assert_eq!(
+        modelled, real,
+        "the in-memory API server must refuse as the real one does"
+    );
 }

@@ -85,19 +85,25 @@ impl Replica {
             Readiness::new(),
             CancellationToken::new(),
         );
-        let task =
-            runtime.spawn({
-                let (fake, metrics, readiness, shutdown) = (
-                    fake.clone(),
-                    metrics.clone(),
-                    readiness.clone(),
-                    shutdown.clone(),
-                );
-                // The client's worker task must live on this replica's runtime.
-                async move {
-                    run::run_with(fake.client_as(name), args, metrics, readiness, shutdown).await
-                }
-            });
+        let task = runtime.spawn({
+            let (fake, metrics, readiness, shutdown) = (
+                fake.clone(),
+                metrics.clone(),
+                readiness.clone(),
+                shutdown.clone(),
+            );
+            // The client's worker task must live on this replica's runtime.
+            async move {
+                run::run_with(
+                    fake.operator_client(name),
+                    args,
+                    metrics,
+                    readiness,
+                    shutdown,
+                )
+                .await
+            }
+        });
         Replica {
             name,
             runtime: Some(runtime),

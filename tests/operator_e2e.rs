@@ -7,9 +7,8 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -34,21 +33,6 @@ use tokio_util::sync::CancellationToken;
 const NAMESPACE: &str = "openshift-sandboxed-containers-operator";
 const SCRAPE_TOKEN: &str = "prometheus-token-3f1c9a";
 const SCRAPER: &str = "system:serviceaccount:openshift-monitoring:prometheus-k8s";
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn run_args(
     webhook: SocketAddr,
@@ -93,15 +77,9 @@ fn pod_review(namespace: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_clean_logs() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info,reqwest=info")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // Global: the operator's tasks run on every worker thread. One test per binary, so no clash.
-    tracing::subscriber::set_global_default(subscriber).expect("first subscriber of this binary");
+    // Global: the operator's tasks run on every worker thread.
+    let logs =
+        support::logs::capture("debug,hyper=info,h2=info,rustls=info,tower=info,reqwest=info");
 
     let fake = FakeApi::new();
     seed_cluster(&fake, 3, 3, false);
@@ -172,13 +150,13 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     assert!(
         !operator.is_finished(),
         "operator stopped early:\n{}",
-        String::from_utf8_lossy(&logs.0.lock().expect("logs"))
+        logs.text()
     );
     assert_eq!(
         readiness.check(),
         Ok(()),
         "components still waiting; logs:\n{}",
-        String::from_utf8_lossy(&logs.0.lock().expect("logs"))
+        logs.text()
             .lines()
             .filter(|l| !l.contains("DEBUG"))
             .collect::<Vec<_>>()
@@ -331,18 +309,31 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
         "Lease released on shutdown, holder {holder:?}"
     );
 
-    // RBAC: every call the operator made is granted, and every grant was used.
+    // RBAC: the run ran as the operator's ServiceAccount under the generated RBAC, nothing was
+    // refused, and every authorization check the API server made (the request's verb, `create`
+    // for an apply that created, `update` on finalizers for a blocking ownerReference) is
+    // granted by the table, and every grant was checked.
+    let forbidden = fake.forbidden_requests();
+    assert!(
+        forbidden.is_empty(),
+        "requests refused with 403: {forbidden:#?}"
+    );
+    assert!(
+        fake.requests_by("operator")
+            .iter()
+            .all(|r| r.user
+                == "system:serviceaccount:openshift-sandboxed-containers-operator:sandboxed-containers-operator"),
+        "the operator ran as its ServiceAccount"
+    );
     let calls: Vec<ApiCall> = fake
-        .requests_by("operator")
+        .authorizations_by("operator")
         .into_iter()
-        .map(|r| ApiCall {
-            group: r.group.clone(),
-            resource: match &r.subresource {
-                Some(sub) => format!("{}/{sub}", r.resource),
-                None => r.resource.clone(),
-            },
-            verb: r.verb.clone(),
-            in_operator_namespace: r.namespace.as_deref() == Some(NAMESPACE),
+        .filter(|a| a.allowed && a.attributes.path.is_none())
+        .map(|a| ApiCall {
+            group: a.attributes.group.clone(),
+            resource: a.attributes.combined_resource(),
+            verb: a.attributes.verb.clone(),
+            in_operator_namespace: a.attributes.namespace == NAMESPACE,
         })
         .collect();
     let coverage = rbac::coverage(&calls);
@@ -353,9 +344,6 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     );
     // Grants this run cannot exercise, each needed on a path other tests cover.
     let justified = [
-        // OwnerReferencesPermissionEnforcement: blockOwnerDeletion on the RuntimeClass's owner
-        // reference is checked against this permission; it is not an API call of ours.
-        "kataconfiguration.openshift.io/kataconfigs/finalizers update",
         // kube's event Recorder patches an Event when the same one repeats (series).
         "events.k8s.io/events patch",
         // Certificate rotation replaces the Secret (certs::secret tests, against a mock API).
@@ -372,7 +360,7 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     );
 
     // No secret material in the logs of the whole run.
-    let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");
+    let logs = logs.text();
     assert!(logs.contains("webhook"), "logs were captured");
     let key = secret
         .data
@@ -392,5 +380,9 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     assert!(
         !logs.contains("PRIVATE KEY"),
         "a PEM private key appears in the logs"
+    );
+    assert!(
+        !logs.contains("is forbidden"),
+        "a 403 reached the operator's logs"
     );
 }

@@ -97,6 +97,7 @@ struct Operator {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    api: FakeApi,
 }
 
 fn test_config() -> reconciler::Config {
@@ -125,6 +126,7 @@ impl Cluster {
             task,
             metrics,
             readiness,
+            api: self.api.clone(),
         }
     }
 
@@ -262,7 +264,28 @@ impl Cluster {
 }
 
 impl Operator {
+    /// Clean stop; the operator, running under its generated RBAC, was never refused.
     async fn stop(self) {
+        self.shutdown.cancel();
+        let res = tokio::time::timeout(HANG_GUARD, self.task)
+            .await
+            .expect("reconciler stops on shutdown")
+            .expect("join");
+        res.expect("reconciler returned an error");
+        let refused: Vec<_> = self
+            .api
+            .forbidden_requests()
+            .into_iter()
+            .filter(|r| r.client == "operator")
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "operator requests refused: {refused:#?}"
+        );
+    }
+
+    /// Clean stop of a run whose RBAC a test trimmed on purpose.
+    async fn stop_after_refusals(self) {
         self.shutdown.cancel();
         let res = tokio::time::timeout(HANG_GUARD, self.task)
             .await
@@ -997,6 +1020,168 @@ async fn api_errors_back_off_and_converge() {
     op.stop().await;
 }
 
+// ---------------------------------------------------------------- authorization
+
+const OPERATOR_USER: &str =
+    "system:serviceaccount:openshift-sandboxed-containers-operator:sandboxed-containers-operator";
+
+/// Takes `verb` away from the operator's ClusterRole rule for `resource`, as an administrator
+/// trimming the RBAC would; returns a function that puts it back.
+fn revoke(api: &FakeApi, resource: &str, verb: &str) -> impl FnOnce() {
+    let original = api
+        .get_json(
+            "rbac.authorization.k8s.io/v1",
+            "clusterroles",
+            None,
+            "sandboxed-containers-operator",
+        )
+        .expect("the operator's ClusterRole is seeded");
+    let mut trimmed = original.clone();
+    let rule = trimmed["rules"]
+        .as_array_mut()
+        .and_then(|rules| {
+            rules.iter_mut().find(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|x| x == resource))
+            })
+        })
+        .unwrap_or_else(|| panic!("no rule for {resource}"));
+    if let Some(verbs) = rule["verbs"].as_array_mut() {
+        verbs.retain(|v| v != verb);
+    }
+    api.insert_json(trimmed);
+    let api = api.clone();
+    move || {
+        api.insert_json(original);
+    }
+}
+
+fn refused(api: &FakeApi, resource: &str) -> Vec<support::Authorization> {
+    api.authorizations_by("operator")
+        .into_iter()
+        .filter(|a| !a.allowed && a.attributes.combined_resource() == resource)
+        .collect()
+}
+
+#[tokio::test]
+async fn without_create_on_machineconfigpools_the_install_is_refused_with_403_until_granted() {
+    let c = cluster(3).await;
+    let restore = revoke(&c.api, "machineconfigpools", "create");
+    let op = c.start_operator();
+    c.create_kc("example", json!({})).await;
+    // The apply of kata-oc passes the request filter as `patch`, then fails as a `create`.
+    let denied = c
+        .wait("the pool's creation refused", |c| {
+            refused(&c.api, "machineconfigpools").into_iter().next()
+        })
+        .await;
+    assert_eq!(denied.attributes.verb, "create");
+    assert_eq!(denied.attributes.name, KATA_POOL);
+    // The answer is the API server's 403, word for word.
+    let pool = sandboxed_containers_operator::plan::objects::kata_pool();
+    let e = Api::<MachineConfigPool>::all(c.api.client())
+        .patch(
+            KATA_POOL,
+            &PatchParams::apply("sandboxed-containers-operator").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .expect_err("refused");
+    let kube::Error::Api(status) = e else {
+        panic!("expected an API error, got {e:?}");
+    };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        format!(
+            "machineconfigpools.machineconfiguration.openshift.io \"kata-oc\" is forbidden: User \"{OPERATOR_USER}\" cannot create resource \"machineconfigpools\" in API group \"machineconfiguration.openshift.io\" at the cluster scope"
+        )
+    );
+    // The install does not complete: no pool, no label, no RuntimeClass; retries keep failing.
+    c.wait("a retry refused again", |c| {
+        (refused(&c.api, "machineconfigpools").len() >= 3).then_some(())
+    })
+    .await;
+    assert!(c.api.get::<MachineConfigPool>(KATA_POOL).is_none());
+    assert!(c.kata_labelled().is_empty());
+    assert!(c.api.get::<RuntimeClass>(RUNTIME_CLASS).is_none());
+    assert!(!c.is_ready("example"));
+    assert!(
+        op.metrics
+            .api_errors
+            .with_label_values(&["forbidden"])
+            .get()
+            >= 1,
+        "refusals are counted as forbidden"
+    );
+    // Granted again, the install resumes by itself.
+    restore();
+    c.wait_ready("example").await;
+    op.stop_after_refusals().await;
+}
+
+#[tokio::test]
+async fn a_blocking_owner_reference_needs_update_on_kataconfig_finalizers() {
+    let c = cluster(3).await;
+    let restore = revoke(&c.api, "kataconfigs/finalizers", "update");
+    let op = c.start_operator();
+    c.create_kc("example", json!({})).await;
+    // Everything installs but the RuntimeClass, whose owner reference blocks owner deletion.
+    let denied = c
+        .wait(
+            "the RuntimeClass refused by OwnerReferencesPermissionEnforcement",
+            |c| refused(&c.api, "kataconfigs/finalizers").into_iter().next(),
+        )
+        .await;
+    assert_eq!(
+        (
+            denied.attributes.verb.as_str(),
+            denied.attributes.name.as_str()
+        ),
+        ("update", "example")
+    );
+    assert_eq!(c.kata_labelled(), ["w0", "w1", "w2"]);
+    assert!(c.api.get::<RuntimeClass>(RUNTIME_CLASS).is_none());
+    let rc = c
+        .api
+        .requests_by("operator")
+        .into_iter()
+        .find(|r| r.resource == "runtimeclasses" && r.forbidden)
+        .expect("the RuntimeClass apply answered 403");
+    assert_eq!(rc.name.as_deref(), Some(RUNTIME_CLASS));
+    assert!(!c.is_ready("example"));
+    restore();
+    c.wait_ready("example").await;
+    op.stop_after_refusals().await;
+}
+
+#[tokio::test]
+async fn the_operator_never_gets_more_than_its_rbac_in_the_fake() {
+    // The fake's authorizer reads the stored RBAC, not the operator's table: reading Secrets
+    // across the cluster, which the table never grants, is refused.
+    let api = FakeApi::new();
+    let e = Api::<k8s_openapi::api::core::v1::Secret>::all(api.client())
+        .list(&Default::default())
+        .await
+        .expect_err("no cluster-wide Secret access");
+    let kube::Error::Api(status) = e else {
+        panic!("expected an API error, got {e:?}");
+    };
+    assert_eq!(status.code, 403);
+    assert_eq!(
+        status.message,
+        format!(
+            "secrets is forbidden: User \"{OPERATOR_USER}\" cannot list resource \"secrets\" in API group \"\" at the cluster scope"
+        )
+    );
+    // An administrator may.
+    Api::<k8s_openapi::api::core::v1::Secret>::all(api.client_as("admin"))
+        .list(&Default::default())
+        .await
+        .expect("admins are not restricted");
+}
+
 // ---------------------------------------------------------------- leader election
 
 fn lease_holder(api: &FakeApi) -> Option<String> {
@@ -1028,7 +1213,7 @@ fn replica(api: &FakeApi, id: &str) -> Replica {
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(leader::run_with_config(
-        api.client_as(id),
+        api.operator_client(id),
         "ops",
         id.to_string(),
         fast_lease(),
@@ -1052,6 +1237,7 @@ fn replica(api: &FakeApi, id: &str) -> Replica {
 #[tokio::test]
 async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the_lease() {
     let api = FakeApi::new();
+    api.grant_operator_rbac("ops");
     let wait = |what: &'static str, f: Box<dyn Fn() -> bool>| async move {
         let start = Instant::now();
         while !f() {
@@ -1096,6 +1282,7 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
 #[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
     let api = FakeApi::new();
+    api.grant_operator_rbac("ops");
     let a = replica(&api, "a");
     let start = Instant::now();
     while !*a.leading.borrow() {

@@ -43,7 +43,7 @@ fn api_code(e: kube::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn create_get_list_with_selectors_and_conflicts() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     let pp = PostParams::default();
     let a = api
@@ -144,7 +144,7 @@ async fn create_get_list_with_selectors_and_conflicts() {
 
 #[tokio::test]
 async fn list_pages_with_limit_and_continue() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     for i in 0..5 {
         fake.insert(&cm(&format!("c{i}"), json!({})));
     }
@@ -181,7 +181,7 @@ async fn list_pages_with_limit_and_continue() {
 
 #[tokio::test]
 async fn server_side_apply_creates_then_merges_and_records_the_manager() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     let pp = PatchParams::apply("tester");
     let first = api
@@ -234,7 +234,7 @@ async fn server_side_apply_creates_then_merges_and_records_the_manager() {
 
 #[tokio::test]
 async fn merge_patch_null_deletes_and_json_patch_test_guards() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     api.create(
         &PostParams::default(),
@@ -274,7 +274,7 @@ async fn merge_patch_null_deletes_and_json_patch_test_guards() {
 
 #[tokio::test]
 async fn status_subresource_is_isolated_and_generation_tracks_spec() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<KataConfig> = Api::all(fake.client());
     let created = api
         .create(&PostParams::default(), &kata("k"))
@@ -317,7 +317,7 @@ async fn status_subresource_is_isolated_and_generation_tracks_spec() {
 
 #[tokio::test]
 async fn delete_with_finalizers_waits_for_them_and_owner_gc_cascades() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let client = fake.client();
     let kc: Api<KataConfig> = Api::all(client.clone());
     let mut k = kata("k");
@@ -465,7 +465,7 @@ async fn next_event(
 
 #[tokio::test]
 async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     fake.insert(&cm("pre", json!({})));
     let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
@@ -535,6 +535,7 @@ async fn watcher_sees_added_modified_deleted_and_survives_closed_watches() {
 async fn watch_resumes_from_a_resource_version_and_expires_old_ones() {
     use kube::api::{WatchEvent, WatchParams};
     let fake = FakeApi::with_history(3);
+    fake.operator_as_admin();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     api.create(&PostParams::default(), &cm("a", json!({})))
         .await
@@ -592,7 +593,7 @@ async fn watch_resumes_from_a_resource_version_and_expires_old_ones() {
 
 #[tokio::test]
 async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     api.create(&PostParams::default(), &cm("f", json!({"pick": "yes"})))
         .await
@@ -616,7 +617,7 @@ async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
 
 #[tokio::test]
 async fn injected_faults_fail_the_next_matching_requests_only() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     fake.insert(&cm("a", json!({})));
     fake.inject(Fault::on("get", "configmaps", FaultKind::Status(500), 1));
@@ -710,7 +711,7 @@ impl tower::Service<http::Request<kube::client::Body>> for RawSvc {
 
 #[tokio::test]
 async fn request_log_records_verbs_resources_and_writes() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let client = fake.client();
     let kc: Api<KataConfig> = Api::all(client.clone());
     kc.create(&PostParams::default(), &kata("k"))
@@ -750,7 +751,7 @@ async fn request_log_records_verbs_resources_and_writes() {
 
 #[tokio::test]
 async fn typed_and_json_test_hooks_see_the_same_store() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     fake.insert(&kata("k"));
     fake.insert_json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}}}));
     assert!(fake.get::<KataConfig>("k").is_some());
@@ -789,7 +790,7 @@ async fn typed_and_json_test_hooks_see_the_same_store() {
 async fn token_and_access_reviews_answer_from_the_callbacks() {
     use k8s_openapi::api::authentication::v1::TokenReview;
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     fake.set_token_reviewer(|t| {
         (t == "good").then(|| support::ReviewUser {
             username: "prom".into(),
@@ -843,7 +844,7 @@ async fn token_and_access_reviews_answer_from_the_callbacks() {
 
 #[tokio::test]
 async fn unknown_resources_are_not_found_and_crds_register_new_ones() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let client = fake.client();
     let widgets = kube::core::ApiResource {
         group: "example.com".into(),
@@ -920,7 +921,7 @@ fn pool_settled(fake: &FakeApi, name: &str, machines: i32) -> bool {
 }
 
 async fn cluster(workers: usize) -> (FakeApi, support::SimHandle) {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     fake.insert_json(node(
         "master-0",
         json!({"node-role.kubernetes.io/master": ""}),
@@ -1283,7 +1284,7 @@ async fn envtest_reports_a_server_that_dies_and_leaves_no_process_behind() {
 
 /// The real tier: runs only when KUBEBUILDER_ASSETS provides kube-apiserver and etcd.
 #[tokio::test]
-async fn envtest_real_server_runs_the_mco_simulator() {
+async fn mco_simulator_runs_on_a_real_api_server() {
     let Some(env) = envtest::start().await else {
         return;
     };
@@ -1332,13 +1333,60 @@ async fn envtest_real_server_runs_the_mco_simulator() {
     sim.stop().await;
 }
 
+/// With kube-controller-manager in the assets, garbage collection runs as in a cluster: a
+/// dependent goes after its owner (which the in-memory API does at once).
+#[tokio::test]
+async fn controller_manager_collects_garbage_on_a_real_api_server() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    if !env.has_controller_manager() {
+        eprintln!(
+            "envtest: no kube-controller-manager in KUBEBUILDER_ASSETS; garbage collection not checked"
+        );
+        return;
+    }
+    let owner = Api::<KataConfig>::all(env.client.clone())
+        .create(&PostParams::default(), &kata("owner"))
+        .await
+        .expect("owner");
+    let mut dependent = cm("dependent", json!({}));
+    dependent.metadata.namespace = Some("default".into());
+    dependent.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "kataconfiguration.openshift.io/v1".into(),
+            kind: "KataConfig".into(),
+            name: "owner".into(),
+            uid: owner.uid().expect("uid"),
+            ..Default::default()
+        },
+    ]);
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    cms.create(&PostParams::default(), &dependent)
+        .await
+        .expect("dependent");
+    Api::<KataConfig>::all(env.client.clone())
+        .delete("owner", &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    let mut collected = false;
+    for _ in 0..600 {
+        if cms.get_opt("dependent").await.expect("read").is_none() {
+            collected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(collected, "the garbage collector removed the dependent");
+}
+
 /// kube's own Controller and finalizer helper (JSON patch with a `test` op) run against the fake.
 #[tokio::test]
 async fn kube_controller_with_finalizer_helper_runs_against_the_fake() {
     use kube::runtime::controller::{Action, Controller};
     use kube::runtime::finalizer::{Event as Finalizer, finalizer};
     use std::sync::Arc;
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     let api: Api<KataConfig> = Api::all(fake.client());
     let cancel = tokio_util::sync::CancellationToken::new();
     let reconcile = |obj: Arc<KataConfig>, api: Arc<Api<KataConfig>>| async move {
@@ -1407,7 +1455,7 @@ async fn raw(
 
 #[tokio::test]
 async fn bad_requests_get_real_status_bodies_naming_the_problem() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     fake.insert(&cm("a", json!({})));
     let cms = "/api/v1/namespaces/ns1/configmaps";
     let json_ct = "application/json";
@@ -1622,7 +1670,7 @@ async fn bad_requests_get_real_status_bodies_naming_the_problem() {
 
 #[tokio::test]
 async fn streaming_list_watcher_and_strategic_merge_work() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     fake.insert(&cm("one", json!({})));
     fake.insert(&cm("two", json!({})));
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
@@ -1735,7 +1783,7 @@ async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() 
 
 #[tokio::test]
 async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
-    let fake = FakeApi::new();
+    let fake = FakeApi::unrestricted();
     support::seed_cluster(&fake, 3, 0, true);
     let sim = McoSimulator::spawn(
         fake.client_as("mco-sim"),
@@ -1764,4 +1812,278 @@ async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
             .is_some_and(|c| c.starts_with("rendered-master-"))
     );
     sim.stop().await;
+}
+
+// ---------------------------------------------------------------- authorization (RBAC as the API server decides it)
+
+fn rbac(kind: &str, name: &str, ns: Option<&str>, body: Value) -> Value {
+    let mut v = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": name}});
+    if let Some(ns) = ns {
+        v["metadata"]["namespace"] = json!(ns);
+    }
+    for (k, val) in body.as_object().expect("object").clone() {
+        v[k] = val;
+    }
+    v
+}
+
+fn forbidden(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => *s,
+        other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rbac_rules_match_like_the_api_servers_authorizer() {
+    use support::UserInfo;
+    let fake = FakeApi::new();
+    let dev = UserInfo::service_account("team", "dev");
+    // A ClusterRole bound by a RoleBinding grants inside that namespace only; resourceNames
+    // restrict to named objects; `*/status` matches any status subresource.
+    fake.insert_json(rbac(
+        "ClusterRole",
+        "cm-reader",
+        None,
+        json!({"rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["one"], "verbs": ["get"]},
+            {"apiGroups": ["*"], "resources": ["*/status"], "verbs": ["get"]},
+        ]}),
+    ));
+    fake.insert_json(rbac(
+        "RoleBinding",
+        "dev-reads",
+        Some("team"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cm-reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "dev"}]}),
+    ));
+    let admin = fake.client_as("admin");
+    for ns in ["team", "other"] {
+        Api::<ConfigMap>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &cm("a", json!({})))
+            .await
+            .expect("admin creates");
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "one"}})).expect("secret"),
+            )
+            .await
+            .expect("admin creates");
+    }
+    let client = fake.client_as_user("dev", dev.clone());
+    let team: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    team.get("a").await.expect("granted in team");
+    team.list(&ListParams::default())
+        .await
+        .expect("list granted");
+    let e = forbidden(
+        Api::<ConfigMap>::namespaced(client.clone(), "other")
+            .get("a")
+            .await
+            .expect_err("not in other"),
+    );
+    assert_eq!(
+        e.message,
+        "configmaps \"a\" is forbidden: User \"system:serviceaccount:team:dev\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"other\""
+    );
+    let details = e.details.expect("details");
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("a", "configmaps")
+    );
+    let e = forbidden(
+        team.delete("a", &DeleteParams::default())
+            .await
+            .expect_err("delete not granted"),
+    );
+    assert!(
+        e.message.contains("cannot delete resource \"configmaps\""),
+        "{}",
+        e.message
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "team");
+    secrets.get("one").await.expect("named secret granted");
+    forbidden(
+        secrets
+            .list(&ListParams::default())
+            .await
+            .expect_err("resourceNames never allow list"),
+    );
+    // Subresources are resources of their own.
+    let e = forbidden(
+        team.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "w"}})),
+        )
+        .await
+        .expect_err("patch not granted"),
+    );
+    assert_eq!(e.reason, "Forbidden");
+    let log = fake.requests_by("dev");
+    assert!(
+        log.iter()
+            .all(|r| r.user == "system:serviceaccount:team:dev")
+    );
+    assert_eq!(fake.forbidden_requests().len(), 4);
+    // A binding to a missing role says so in the reason, as RBAC does.
+    fake.insert_json(rbac(
+        "ClusterRoleBinding",
+        "dangling",
+        None,
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "gone"},
+               "subjects": [{"kind": "Group", "name": "system:serviceaccounts:team"}]}),
+    ));
+    let e = forbidden(
+        Api::<ConfigMap>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect_err("not cluster-wide"),
+    );
+    assert!(
+        e.message.ends_with(
+            "at the cluster scope: RBAC: [clusterrole.rbac.authorization.k8s.io \"gone\" not found]"
+        ),
+        "{}",
+        e.message
+    );
+    // Discovery is open to every authenticated user (the bootstrap system:discovery role).
+    client
+        .apiserver_version()
+        .await
+        .expect("/version for everyone");
+}
+
+#[tokio::test]
+async fn server_side_apply_is_authorized_as_patch_then_as_create_when_it_creates() {
+    use support::UserInfo;
+    let fake = FakeApi::new();
+    let applier = UserInfo::service_account("team", "applier");
+    fake.insert_json(rbac(
+        "Role",
+        "patch-only",
+        Some("team"),
+        json!({"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"]}]}),
+    ));
+    fake.insert_json(rbac(
+        "RoleBinding",
+        "patch-only",
+        Some("team"),
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patch-only"},
+               "subjects": [{"kind": "User", "name": "system:serviceaccount:team:applier"}]}),
+    ));
+    let api: Api<ConfigMap> = Api::namespaced(fake.client_as_user("applier", applier), "team");
+    let mut obj = cm("applied", json!({}));
+    obj.metadata.namespace = Some("team".into());
+    let pp = PatchParams::apply("me").force();
+    let e = forbidden(
+        api.patch("applied", &pp, &Patch::Apply(&obj))
+            .await
+            .expect_err("creating needs create"),
+    );
+    assert_eq!(
+        e.message,
+        "configmaps \"applied\" is forbidden: User \"system:serviceaccount:team:applier\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"team\""
+    );
+    let checks = fake.authorizations_by("applier");
+    let asked: Vec<(&str, bool)> = checks
+        .iter()
+        .map(|a| (a.attributes.verb.as_str(), a.allowed))
+        .collect();
+    assert_eq!(asked, [("patch", true), ("create", false)]);
+    // Once the object exists, `patch` alone is enough.
+    Api::<ConfigMap>::namespaced(fake.client_as("admin"), "team")
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("admin creates");
+    api.patch("applied", &pp, &Patch::Apply(&obj))
+        .await
+        .expect("apply to an existing object is a patch");
+}
+
+#[tokio::test]
+async fn owner_references_need_delete_and_blocking_ones_need_finalizers_update() {
+    use support::UserInfo;
+    let fake = FakeApi::new();
+    let owner = fake.insert(&kata("owner"));
+    let uid = owner["metadata"]["uid"].as_str().expect("uid").to_string();
+    let user = UserInfo::service_account("team", "gc");
+    let rules = json!({"rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "update"]},
+    ]});
+    fake.insert_json(rbac("ClusterRole", "gc", None, rules));
+    fake.insert_json(rbac(
+        "ClusterRoleBinding",
+        "gc",
+        None,
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "gc"},
+               "subjects": [{"kind": "ServiceAccount", "name": "gc", "namespace": "team"}]}),
+    ));
+    let api: Api<ConfigMap> = Api::namespaced(fake.client_as_user("gc", user), "team");
+    let owned = |block: bool| {
+        let mut c = cm("owned", json!({}));
+        c.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "kataconfiguration.openshift.io/v1".into(),
+                kind: "KataConfig".into(),
+                name: "owner".into(),
+                uid: uid.clone(),
+                block_owner_deletion: Some(block),
+                controller: Some(true),
+            },
+        ]);
+        c
+    };
+    // Creating with a non-blocking reference needs nothing more.
+    api.create(&PostParams::default(), &owned(false))
+        .await
+        .expect("plain owner reference on create");
+    // Changing references of an existing object needs delete on it.
+    let e = forbidden(
+        api.replace("owned", &PostParams::default(), &owned(true))
+            .await
+            .expect_err("no delete"),
+    );
+    assert_eq!(
+        e.message,
+        "configmaps \"owned\" is forbidden: cannot set an ownerRef on a resource you can't delete: , <nil>"
+    );
+    // A new blocking reference needs update on the owner's finalizers.
+    let e = forbidden(
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "blocking", "ownerReferences": [
+                {"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "name": "owner", "uid": uid, "blockOwnerDeletion": true}
+            ]}}))
+            .expect("cm"),
+        )
+        .await
+        .expect_err("no finalizers update"),
+    );
+    assert_eq!(
+        e.message,
+        "configmaps \"blocking\" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on: , <nil>"
+    );
+    let asked: Vec<String> = fake
+        .authorizations_by("gc")
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a.attributes.verb,
+                a.attributes.combined_resource(),
+                a.attributes.name
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "delete configmaps owned",
+            "update kataconfigs/finalizers owner"
+        ]
+    );
 }

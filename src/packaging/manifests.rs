@@ -257,6 +257,32 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     }
 }
 
+/// The operator's own RBAC for its ServiceAccount in `namespace`: the ClusterRole and Role of the
+/// table in [`rbac`] and their bindings, in apply order.
+pub fn operator_rbac(namespace: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(vec![
+        serde_json::to_value(ClusterRole {
+            metadata: meta(OPERATOR_NAME, None),
+            rules: Some(rbac::policy_rules(Scope::Cluster)),
+            ..Default::default()
+        })?,
+        serde_json::to_value(ClusterRoleBinding {
+            metadata: meta(OPERATOR_NAME, None),
+            role_ref: role_ref("ClusterRole", OPERATOR_NAME),
+            subjects: Some(vec![operator_subject(namespace)]),
+        })?,
+        serde_json::to_value(Role {
+            metadata: meta(OPERATOR_NAME, Some(namespace)),
+            rules: Some(rbac::policy_rules(Scope::OperatorNamespace)),
+        })?,
+        serde_json::to_value(RoleBinding {
+            metadata: meta(OPERATOR_NAME, Some(namespace)),
+            role_ref: role_ref("Role", OPERATOR_NAME),
+            subjects: Some(vec![operator_subject(namespace)]),
+        })?,
+    ])
+}
+
 /// Every object of the plain (non-OLM) installation, in apply order, namespace from DESIGN.md.
 pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
     let ns = DEFAULT_OPERATOR_NAMESPACE;
@@ -285,27 +311,9 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
             metadata: meta(OPERATOR_NAME, Some(ns)),
             ..Default::default()
         })?,
-        serde_json::to_value(ClusterRole {
-            metadata: meta(OPERATOR_NAME, None),
-            rules: Some(rbac::policy_rules(Scope::Cluster)),
-            ..Default::default()
-        })?,
-        serde_json::to_value(ClusterRoleBinding {
-            metadata: meta(OPERATOR_NAME, None),
-            role_ref: role_ref("ClusterRole", OPERATOR_NAME),
-            subjects: Some(vec![operator_subject(ns)]),
-        })?,
-        serde_json::to_value(Role {
-            metadata: meta(OPERATOR_NAME, Some(ns)),
-            rules: Some(rbac::policy_rules(Scope::OperatorNamespace)),
-        })?,
-        serde_json::to_value(RoleBinding {
-            metadata: meta(OPERATOR_NAME, Some(ns)),
-            role_ref: role_ref("Role", OPERATOR_NAME),
-            subjects: Some(vec![operator_subject(ns)]),
-        })?,
-        serde_json::to_value(metrics_reader_cluster_role())?,
     ];
+    objects.extend(operator_rbac(ns)?);
+    objects.push(serde_json::to_value(metrics_reader_cluster_role())?);
     for svc in services(Some(ns)) {
         objects.push(serde_json::to_value(svc)?);
     }

@@ -29,8 +29,11 @@ pub struct ApiAccess {
 
 /// Watched through reflectors: list + watch, never a per-object get.
 const READ: &[&str] = &["list", "watch"];
-/// Created and updated by server-side apply (a patch), removed by delete.
-const OWNED: &[&str] = &["list", "watch", "patch", "delete"];
+/// Kept by server-side apply, removed by delete. The API server authorizes an apply as `patch`,
+/// and an apply that creates its object once more as `create`.
+const OWNED: &[&str] = &["list", "watch", "create", "patch", "delete"];
+/// Applied and deleted, never read back.
+const APPLIED: &[&str] = &["create", "patch", "delete"];
 
 static RULES: &[ApiAccess] = &[
     ApiAccess {
@@ -52,7 +55,7 @@ static RULES: &[ApiAccess] = &[
         resource: "kataconfigs/finalizers",
         verbs: &["update"],
         scope: Scope::Cluster,
-        why: "ownerReferences with blockOwnerDeletion on objects owned by the KataConfig",
+        why: "the RuntimeClass's ownerReference has blockOwnerDeletion, which OwnerReferencesPermissionEnforcement (on by default in OpenShift) only allows to who may update the owner's finalizers",
     },
     ApiAccess {
         group: "",
@@ -113,14 +116,14 @@ static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "admissionregistration.k8s.io",
         resource: "validatingwebhookconfigurations",
-        verbs: &["patch", "delete"],
+        verbs: APPLIED,
         scope: Scope::Cluster,
         why: "the operator registers its own webhooks, keeps caBundle current, and removes the pod webhooks when no KataConfig is active",
     },
     ApiAccess {
         group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
-        verbs: &["patch", "delete"],
+        verbs: APPLIED,
         scope: Scope::Cluster,
         why: "the operator registers its own webhooks, keeps caBundle current, and removes the pod webhooks when no KataConfig is active",
     },

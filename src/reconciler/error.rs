@@ -75,6 +75,8 @@ impl Error {
 pub fn kube_category(e: &kube::Error) -> &'static str {
     match e {
         kube::Error::Api(status) => match status.code {
+            // RBAC refused us: the installed ClusterRole/Role lacks a verb (never transient).
+            403 => "forbidden",
             404 => "not_found",
             409 => "conflict",
             429 => "throttled",
@@ -109,6 +111,7 @@ mod tests {
 
     #[test]
     fn categories_follow_the_http_class() {
+        assert_eq!(api(403).category(), "forbidden");
         assert_eq!(api(404).category(), "not_found");
         assert_eq!(api(409).category(), "conflict");
         assert_eq!(api(429).category(), "throttled");

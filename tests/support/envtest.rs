@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -44,11 +44,18 @@ pub struct EnvTest {
     pub dir: PathBuf,
     etcd: Child,
     apiserver: Child,
+    /// kube-controller-manager, when the assets folder has it (garbage collection, namespace
+    /// deletion, ServiceAccount token Secrets).
+    controller_manager: Option<Child>,
     _tmp: tempfile::TempDir,
 }
 
 impl Drop for EnvTest {
     fn drop(&mut self) {
+        if let Some(cm) = self.controller_manager.as_mut() {
+            let _ = cm.kill();
+            let _ = cm.wait();
+        }
         for child in [&mut self.apiserver, &mut self.etcd] {
             let _ = child.kill();
             let _ = child.wait();
@@ -202,6 +209,8 @@ pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
         format!("--service-account-key-file={}", d("sa.pub")),
         format!("--service-account-signing-key-file={}", d("sa.key")),
         "--disable-admission-plugins=ServiceAccount".into(),
+        // On by default in OpenShift: blockOwnerDeletion needs `update` on the owner's finalizers.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
         "--allow-privileged=true".into(),
     ];
     let (etcd_log, api_log) = (dir.join("etcd.log"), dir.join("kube-apiserver.log"));
@@ -224,10 +233,15 @@ pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
         dir,
         etcd,
         apiserver,
+        controller_manager: None,
         _tmp: tmp,
     };
     env.wait_ready(&etcd_log, &api_log).await?;
     env.install_crds().await?;
+    let manager = assets.join("kube-controller-manager");
+    if manager.is_file() {
+        env.start_controller_manager(&manager)?;
+    }
     Ok(env)
 }
 
@@ -243,6 +257,109 @@ pub async fn client_for(url: &str, ca_pem: &str, token: &str) -> anyhow::Result<
 }
 
 impl EnvTest {
+    /// A client authenticated as the operator's ServiceAccount in `namespace` (a real token from
+    /// the TokenRequest API), bound to the operator's generated RBAC, which this applies first.
+    pub async fn operator_client(&self, namespace: &str) -> anyhow::Result<kube::Client> {
+        use sandboxed_containers_operator::packaging::{OPERATOR_NAME, manifests};
+        self.service_account_client(
+            namespace,
+            OPERATOR_NAME,
+            manifests::operator_rbac(namespace)?,
+        )
+        .await
+    }
+
+    /// A client with a real token of ServiceAccount `namespace/name`, after applying `rbac`
+    /// (Role, ClusterRole and binding objects as JSON) as the administrator.
+    pub async fn service_account_client(
+        &self,
+        namespace: &str,
+        name: &str,
+        rbac: Vec<serde_json::Value>,
+    ) -> anyhow::Result<kube::Client> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        self.apply_json(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+            .await?;
+        self.apply_json(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}))
+            .await?;
+        for obj in rbac {
+            self.apply_json(obj).await?;
+        }
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("request a token for ServiceAccount {namespace}/{name}"))?
+            .status
+            .map(|s| s.token)
+            .context("the TokenRequest has no token")?;
+        client_for(&self.url, &self.ca_pem, &token).await
+    }
+
+    /// Server-side applies one object given as JSON (any kind the server serves) as the
+    /// administrator; the plural is found through discovery.
+    pub async fn apply_json(&self, obj: serde_json::Value) -> anyhow::Result<DynamicObject> {
+        let obj: DynamicObject = serde_json::from_value(obj)?;
+        let types = obj.types.clone().unwrap_or_default();
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .with_context(|| format!("discover {}", gvk.kind))?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api: Api<DynamicObject> = match (&obj.metadata.namespace, caps.scope) {
+            (Some(ns), kube::discovery::Scope::Namespaced) => {
+                Api::namespaced_with(self.client.clone(), ns, &ar)
+            }
+            _ => Api::all_with(self.client.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("envtest").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("apply {} {name}", gvk.kind))
+    }
+
+    /// Whether kube-controller-manager runs beside the API server.
+    pub fn has_controller_manager(&self) -> bool {
+        self.controller_manager.is_some()
+    }
+
+    fn start_controller_manager(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let kubeconfig = self.dir.join("controller-manager.kubeconfig");
+        fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\ncurrent-context: envtest\n",
+                self.url, self.token
+            ),
+        )?;
+        let d = |f: &str| self.dir.join(f).display().to_string();
+        let args: Vec<String> = vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--service-account-private-key-file={}", d("sa.key")),
+            format!("--root-ca-file={}", d("ca.crt")),
+            "--use-service-account-credentials=false".into(),
+            "--controllers=*".into(),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=0".into(),
+        ];
+        let log = self.dir.join("kube-controller-manager.log");
+        self.controller_manager = Some(spawn(bin, &args, &log)?);
+        Ok(())
+    }
+
     async fn wait_ready(&mut self, etcd_log: &Path, api_log: &Path) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {

@@ -5,6 +5,13 @@
 //! by (group, version, plural, namespace, name); a small table maps plural <-> kind and scope, and
 //! CRDs created through the API register their resources too.
 //!
+//! Authorization is enforced as kube-apiserver enforces it (see `authz`): every request of the
+//! operator's client ([`FakeApi::client`], [`FakeApi::operator_client`]) is authorized as the
+//! operator's ServiceAccount against the RBAC objects in the store, which [`FakeApi::new`] seeds
+//! with the operator's generated ClusterRole, Role and bindings; a denial is the real 403. Other
+//! clients ([`FakeApi::client_as`]) are cluster administrators. A test opts the operator into
+//! administrator rights explicitly with [`FakeApi::operator_as_admin`].
+//!
 //! Deliberate approximations (documented so tests do not rely on them):
 //! - server-side apply deep-merges the applied object into the existing one (maps merge, lists
 //!   replace, null deletes) and records the manager in `managedFields` without field sets; fields a
@@ -28,6 +35,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+
+use super::authz::{self, Attributes, RbacObjects, UserInfo};
+use sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE;
+use sandboxed_containers_operator::packaging::{OPERATOR_NAME, manifests};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type FakeBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -83,6 +94,10 @@ fn builtin_resources() -> Vec<ResourceInfo> {
         ("machineconfiguration.openshift.io", "v1", "machineconfigpools", "MachineConfigPool", false, true, false),
         ("machineconfiguration.openshift.io", "v1", "containerruntimeconfigs", "ContainerRuntimeConfig", false, true, false),
         ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true, false),
+        ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, false, false),
+        ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, false, false),
+        ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false, false),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, false, false),
         ("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, false, true),
         ("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, false, true),
     ];
@@ -118,6 +133,21 @@ pub struct RequestRecord {
     pub patch_type: Option<String>,
     /// Which client sent it: `"operator"` for [`FakeApi::client`], else the [`FakeApi::client_as`] name.
     pub client: String,
+    /// Who the request was authenticated as.
+    pub user: String,
+    /// Every authorization check the server made for it, in order (the request filter's verb,
+    /// then `create` for an apply that creates, then the ownerReference admission checks).
+    pub authorizations: Vec<Authorization>,
+    /// Answered 403 Forbidden.
+    pub forbidden: bool,
+    seq: u64,
+}
+
+/// One authorization check and its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorization {
+    pub attributes: Attributes,
+    pub allowed: bool,
 }
 
 /// How an injected fault fails a request.
@@ -233,7 +263,16 @@ struct State {
     history_limit: usize,
     tx: broadcast::Sender<Msg>,
     requests: Vec<RequestRecord>,
+    next_seq: u64,
     faults: Vec<Fault>,
+}
+
+/// Whom a client authenticates as.
+#[derive(Clone)]
+enum Identity {
+    /// The operator's ServiceAccount (or an administrator after `operator_as_admin`).
+    Operator,
+    User(UserInfo),
 }
 
 struct Inner {
@@ -241,6 +280,7 @@ struct Inner {
     tx: broadcast::Sender<Msg>,
     tokens: Mutex<Option<Arc<TokenFn>>>,
     access: Mutex<Option<Arc<AccessFn>>>,
+    operator: Mutex<UserInfo>,
 }
 
 /// Handle on the fake server; cheap to clone, every clone sees the same store.
@@ -261,12 +301,14 @@ struct ApiErr {
     code: u16,
     reason: &'static str,
     message: String,
+    details: Option<Value>,
 }
 
 /// An error with the API server's reason for `code`.
 fn err(code: u16, message: impl Into<String>) -> ApiErr {
     let reason = match code {
         400 => "BadRequest",
+        403 => "Forbidden",
         404 => "NotFound",
         405 => "MethodNotAllowed",
         409 => "Conflict",
@@ -282,7 +324,30 @@ fn err(code: u16, message: impl Into<String>) -> ApiErr {
         code,
         reason,
         message: message.into(),
+        details: None,
     }
+}
+
+/// 403 as `errors.NewForbidden` builds it: `<resource>.<group> "<name>" is forbidden: <why>`.
+fn forbidden(attrs: &Attributes, why: &str) -> ApiErr {
+    let message = match (attrs.path.is_some(), attrs.name.is_empty()) {
+        (true, _) => format!("forbidden: {why}"),
+        (false, true) => format!("{} is forbidden: {why}", attrs.qualified_resource()),
+        (false, false) => format!(
+            "{} {:?} is forbidden: {why}",
+            attrs.qualified_resource(),
+            attrs.name
+        ),
+    };
+    let mut e = err(403, message);
+    if attrs.path.is_none() {
+        let mut details = json!({"group": attrs.group, "kind": attrs.resource});
+        if !attrs.name.is_empty() {
+            details["name"] = json!(attrs.name);
+        }
+        e.details = Some(details);
+    }
+    e
 }
 
 fn already_exists(message: String) -> ApiErr {
@@ -308,6 +373,14 @@ fn status_json(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
+fn status_with_details(e: &ApiErr) -> Value {
+    let mut v = status_json(e.code, e.reason, &e.message);
+    if let Some(d) = &e.details {
+        v["details"] = d.clone();
+    }
+    v
+}
+
 fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -330,7 +403,7 @@ fn full(code: u16, body: &Value) -> Response<FakeBody> {
 }
 
 fn err_response(e: &ApiErr) -> Response<FakeBody> {
-    let mut resp = full(e.code, &status_json(e.code, e.reason, &e.message));
+    let mut resp = full(e.code, &status_with_details(e));
     if e.code == 429 {
         resp.headers_mut()
             .insert("retry-after", http::HeaderValue::from_static("1"));
@@ -727,6 +800,165 @@ impl State {
     }
 }
 
+/// What a write needs to know about its request for the checks made inside the handler.
+struct WriteCtx {
+    user: UserInfo,
+    /// The request's [`RequestRecord`] (its checks are appended there).
+    seq: u64,
+}
+
+impl WriteCtx {
+    fn request_attributes(&self, t: &Target) -> Attributes {
+        Attributes {
+            verb: String::new(),
+            group: t.res.group.clone(),
+            resource: t.res.plural.clone(),
+            subresource: t.sub.clone(),
+            namespace: t.namespace.clone().unwrap_or_default(),
+            name: t.name.clone().unwrap_or_default(),
+            path: None,
+        }
+    }
+}
+
+/// The request filter's denial sentence, with the authorizer's reason when it gave one.
+fn attrs_denial(attrs: &Attributes, user: &UserInfo, reason: &str) -> String {
+    if reason.is_empty() {
+        attrs.denial(user)
+    } else {
+        format!("{}: {reason}", attrs.denial(user))
+    }
+}
+
+fn owner_refs(obj: Option<&Value>) -> Vec<Value> {
+    obj.and_then(|o| o["metadata"]["ownerReferences"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+impl RbacObjects for State {
+    fn rbac_objects(&self, plural: &str, namespace: &str) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| {
+                k.group == "rbac.authorization.k8s.io"
+                    && k.plural == plural
+                    && k.namespace == namespace
+            })
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn rbac_object(&self, plural: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects.get(&Key {
+            group: "rbac.authorization.k8s.io".into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+}
+
+impl State {
+    /// Appends a request to the log and returns its sequence number.
+    fn log(&mut self, mut record: RequestRecord) -> u64 {
+        self.next_seq += 1;
+        record.seq = self.next_seq;
+        self.requests.push(record);
+        self.next_seq
+    }
+
+    /// One authorization check made while handling request `ctx.seq`, recorded on it; a denial
+    /// is the 403 the API server answers.
+    fn check(&mut self, ctx: &WriteCtx, attrs: &Attributes) -> Result<(), ApiErr> {
+        let decision = authz::authorize(self, &ctx.user, attrs);
+        if let Some(r) = self.requests.iter_mut().rev().find(|r| r.seq == ctx.seq) {
+            r.authorizations.push(Authorization {
+                attributes: attrs.clone(),
+                allowed: decision.is_ok(),
+            });
+            r.forbidden |= decision.is_err();
+        }
+        decision.map_err(|why| forbidden(attrs, &attrs_denial(attrs, &ctx.user, &why)))
+    }
+
+    /// The `OwnerReferencesPermissionEnforcement` admission plugin: changing ownerReferences of
+    /// an existing object needs `delete` on it; every new `blockOwnerDeletion: true` reference
+    /// needs `update` on the owner's `finalizers` subresource.
+    fn admit_owner_references(
+        &mut self,
+        ctx: &WriteCtx,
+        t: &Target,
+        name: &str,
+        old: Option<&Value>,
+        new: &Value,
+    ) -> Result<(), ApiErr> {
+        let (old_refs, new_refs) = (owner_refs(old), owner_refs(Some(new)));
+        if old_refs == new_refs {
+            return Ok(());
+        }
+        let base = Attributes {
+            subresource: None,
+            name: name.to_string(),
+            ..ctx.request_attributes(t)
+        };
+        let refused = |attrs: &Attributes, what: &str| ApiErr {
+            message: format!(
+                "{} {name:?} is forbidden: {what}: , <nil>",
+                attrs.qualified_resource()
+            ),
+            ..forbidden(attrs, "")
+        };
+        if old.is_some() {
+            let attrs = Attributes {
+                verb: "delete".into(),
+                ..base.clone()
+            };
+            if self.check(ctx, &attrs).is_err() {
+                return Err(refused(
+                    &base,
+                    "cannot set an ownerRef on a resource you can't delete",
+                ));
+            }
+        }
+        let blocking = |r: &Value| r["blockOwnerDeletion"].as_bool() == Some(true);
+        for r in new_refs.iter().filter(|r| blocking(r)) {
+            let was_blocking = old_refs.iter().any(|o| o["uid"] == r["uid"] && blocking(o));
+            if was_blocking {
+                continue;
+            }
+            let (api_version, kind) = (
+                r["apiVersion"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
+            );
+            let Some(owner) = self.resource_by_kind(api_version, kind) else {
+                return Err(err(
+                    422,
+                    format!(
+                        "cannot set blockOwnerDeletion in this case because cannot find RESTMapping for APIVersion {api_version} Kind {kind}"
+                    ),
+                ));
+            };
+            let attrs = Attributes {
+                verb: "update".into(),
+                group: owner.group.clone(),
+                resource: owner.plural.clone(),
+                subresource: Some("finalizers".into()),
+                namespace: base.namespace.clone(),
+                name: r["name"].as_str().unwrap_or("").to_string(),
+                path: None,
+            };
+            if self.check(ctx, &attrs).is_err() {
+                return Err(refused(
+                    &base,
+                    "cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FakeApi {
     pub fn new() -> Self {
         Self::with_history(HISTORY)
@@ -735,7 +967,7 @@ impl FakeApi {
     /// A fake that keeps only `limit` past changes, so resuming an older watch gets 410 Gone.
     pub fn with_history(limit: usize) -> Self {
         let (tx, _) = broadcast::channel(4096);
-        FakeApi {
+        let fake = FakeApi {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     rv: 1,
@@ -747,13 +979,74 @@ impl FakeApi {
                     history_limit: limit,
                     tx: tx.clone(),
                     requests: Vec::new(),
+                    next_seq: 0,
                     faults: Vec::new(),
                 }),
                 tx,
                 tokens: Mutex::new(None),
                 access: Mutex::new(None),
+                operator: Mutex::new(UserInfo::service_account(
+                    DEFAULT_OPERATOR_NAMESPACE,
+                    OPERATOR_NAME,
+                )),
             }),
+        };
+        fake.seed_bootstrap_rbac();
+        fake.grant_operator_rbac(DEFAULT_OPERATOR_NAMESPACE);
+        fake
+    }
+
+    /// A fake whose operator client is a cluster administrator (no RBAC applies to it).
+    pub fn unrestricted() -> Self {
+        let fake = Self::new();
+        fake.operator_as_admin();
+        fake
+    }
+
+    /// The operator's generated RBAC (ClusterRole, ClusterRoleBinding, Role and RoleBinding of
+    /// `deploy/operator.yaml`) for a ServiceAccount in `namespace`, and the operator client
+    /// authenticated as that ServiceAccount from now on.
+    pub fn grant_operator_rbac(&self, namespace: &str) {
+        for obj in manifests::operator_rbac(namespace).expect("the generated RBAC serializes") {
+            self.insert_json(obj);
         }
+        *self.operator_identity() = UserInfo::service_account(namespace, OPERATOR_NAME);
+    }
+
+    /// Explicit opt-out of authorization: the operator client becomes a cluster administrator.
+    pub fn operator_as_admin(&self) {
+        *self.operator_identity() = UserInfo::admin("operator-admin");
+    }
+
+    /// Who the operator client authenticates as now.
+    pub fn operator_user(&self) -> UserInfo {
+        self.operator_identity().clone()
+    }
+
+    fn operator_identity(&self) -> MutexGuard<'_, UserInfo> {
+        self.inner
+            .operator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The roles every cluster has from its bootstrap policy that the operator relies on:
+    /// discovery and `/version` for every authenticated user.
+    fn seed_bootstrap_rbac(&self) {
+        self.insert_json(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "system:discovery"},
+            "rules": [{"verbs": ["get"], "nonResourceURLs": [
+                "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
+                "/openapi/*", "/readyz", "/version", "/version/",
+            ]}],
+        }));
+        self.insert_json(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:discovery"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:discovery"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}],
+        }));
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -761,19 +1054,38 @@ impl FakeApi {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A `kube::Client` whose every request is served by this fake (logged as client `"operator"`).
+    /// The operator's client: requests are logged as client `"operator"` and authorized as the
+    /// operator's ServiceAccount (see [`FakeApi::grant_operator_rbac`]).
     pub fn client(&self) -> kube::Client {
-        self.client_as("operator")
+        self.operator_client("operator")
     }
 
-    /// A client whose requests are logged under `name`, so tests can tell the operator's requests
-    /// from a simulator's (the MCO simulator should get `client_as("mco-sim")`).
+    /// An operator client logged under `name` (one per replica of an HA test).
+    pub fn operator_client(&self, name: &str) -> kube::Client {
+        self.client_with(name, Identity::Operator)
+    }
+
+    /// A cluster administrator's client whose requests are logged under `name`, so tests can tell
+    /// the operator's requests from a simulator's (the MCO simulator gets `client_as("mco-sim")`).
     pub fn client_as(&self, name: &str) -> kube::Client {
+        self.client_with(name, Identity::User(UserInfo::admin(name)))
+    }
+
+    /// A client logged under `name` and authenticated as `user` (authorized by RBAC).
+    pub fn client_as_user(&self, name: &str, user: UserInfo) -> kube::Client {
+        self.client_with(name, Identity::User(user))
+    }
+
+    fn client_with(&self, name: &str, identity: Identity) -> kube::Client {
         let api = self.clone();
         let name: Arc<str> = Arc::from(name);
         let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
             let (api, name) = (api.clone(), name.clone());
-            async move { Ok::<_, Infallible>(api.serve(req, &name).await) }
+            let user = match &identity {
+                Identity::Operator => api.operator_user(),
+                Identity::User(u) => u.clone(),
+            };
+            async move { Ok::<_, Infallible>(api.serve_as(req, &name, &user).await) }
         });
         kube::Client::new(svc, "default")
     }
@@ -932,6 +1244,30 @@ impl FakeApi {
         self.state().requests.clear();
     }
 
+    /// Requests answered 403 Forbidden.
+    pub fn forbidden_requests(&self) -> Vec<RequestRecord> {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.forbidden)
+            .cloned()
+            .collect()
+    }
+
+    /// Every authorization check made for one client's requests, in order.
+    pub fn authorizations_by(&self, client: &str) -> Vec<Authorization> {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.client == client)
+            .flat_map(|r| r.authorizations.iter().cloned())
+            .collect()
+    }
+
+    fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+        authz::authorize(&*self.state(), user, attrs)
+    }
+
     /// Requests that could change state (create/update/patch/delete), failed ones included.
     pub fn write_count(&self) -> usize {
         self.state().requests.iter().filter(|r| r.is_write).count()
@@ -1016,15 +1352,32 @@ impl FakeApi {
         })
     }
 
-    /// Serve one request as if sent by `client` (what [`FakeApi::client`] does for every request).
+    /// Serve one request sent by a cluster administrator logged as `client`.
     pub async fn serve(
         &self,
         req: Request<kube::client::Body>,
         client: &str,
     ) -> Response<FakeBody> {
+        self.serve_as(req, client, &UserInfo::admin(client)).await
+    }
+
+    /// Serve one request sent by `user` through `client` (what every client of the fake does).
+    pub async fn serve_as(
+        &self,
+        req: Request<kube::client::Body>,
+        client: &str,
+        user: &UserInfo,
+    ) -> Response<FakeBody> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if path == "/version" {
+            let attrs = Attributes {
+                path: Some(path.clone()),
+                ..Attributes::resource("get", "", "")
+            };
+            if let Err(why) = self.authorize(user, &attrs) {
+                return err_response(&forbidden(&attrs, &why));
+            }
             return full(
                 200,
                 &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"}),
@@ -1065,7 +1418,24 @@ impl FakeApi {
             };
             t.to_string()
         });
-        let record = RequestRecord {
+        // The request filter authorizes the verb of the method; list and watch carry the name
+        // of a `metadata.name=` field selector, as the API server's RequestInfo does.
+        let selected_name = query.get("fieldSelector").and_then(|f| {
+            f.split(',')
+                .find_map(|r| r.trim().strip_prefix("metadata.name="))
+                .map(String::from)
+        });
+        let attrs = Attributes {
+            verb: verb.into(),
+            group: target.res.group.clone(),
+            resource: target.res.plural.clone(),
+            subresource: target.sub.clone(),
+            namespace: target.namespace.clone().unwrap_or_default(),
+            name: target.name.clone().or(selected_name).unwrap_or_default(),
+            path: None,
+        };
+        let decision = self.authorize(user, &attrs);
+        let mut record = RequestRecord {
             verb: verb.into(),
             field_manager: query.get("fieldManager").cloned(),
             patch_type,
@@ -1076,10 +1446,21 @@ impl FakeApi {
             name: target.name.clone(),
             is_write: !matches!(verb, "get" | "list" | "watch"),
             client: client.to_string(),
+            user: user.username.clone(),
+            authorizations: vec![Authorization {
+                attributes: attrs.clone(),
+                allowed: decision.is_ok(),
+            }],
+            forbidden: decision.is_err(),
+            seq: 0,
         };
+        if let Err(why) = decision {
+            self.state().log(record);
+            return err_response(&forbidden(&attrs, &attrs_denial(&attrs, user, &why)));
+        }
         let fault = {
             let mut st = self.state();
-            st.requests.push(record.clone());
+            record.seq = st.log(record.clone());
             let idx = st
                 .faults
                 .iter()
@@ -1106,6 +1487,10 @@ impl FakeApi {
             }
             Some(FaultKind::CloseWatches) | None => {}
         }
+        let ctx = WriteCtx {
+            user: user.clone(),
+            seq: record.seq,
+        };
         if target.res.create_only && verb != "create" {
             return err_response(&err(
                 405,
@@ -1123,9 +1508,9 @@ impl FakeApi {
             "get" => self.do_get(&target),
             "list" => self.do_list(&target, &query),
             "create" if target.res.create_only => self.review(&target, &bytes),
-            "create" => self.do_create(&target, &query, &bytes),
-            "update" => self.do_write(&target, &query, &bytes, "update"),
-            "patch" => self.do_write(&target, &query, &bytes, &content_type),
+            "create" => self.do_create(&target, &query, &bytes, &ctx),
+            "update" => self.do_write(&target, &query, &bytes, "update", &ctx),
+            "patch" => self.do_write(&target, &query, &bytes, &content_type, &ctx),
             "delete" => self.do_delete(&target, &query, &bytes),
             _ => self.do_delete_collection(&target, &query, &bytes),
         };
@@ -1247,6 +1632,7 @@ impl FakeApi {
         t: &Target,
         q: &BTreeMap<String, String>,
         bytes: &[u8],
+        ctx: &WriteCtx,
     ) -> Result<(u16, Value), ApiErr> {
         let mut obj = Self::parse_body(bytes)?;
         let mut st = self.state();
@@ -1292,6 +1678,7 @@ impl FakeApi {
         if let Some(fm) = q.get("fieldManager") {
             record_manager(&mut obj, fm, "Update", &t.res.api_version(), None);
         }
+        st.admit_owner_references(ctx, t, &name, None, &obj)?;
         if q.contains_key("dryRun") {
             return Ok((201, obj));
         }
@@ -1305,6 +1692,7 @@ impl FakeApi {
         q: &BTreeMap<String, String>,
         bytes: &[u8],
         how: &str,
+        ctx: &WriteCtx,
     ) -> Result<(u16, Value), ApiErr> {
         let name = t.name.clone().unwrap_or_default();
         let key = self.key(t);
@@ -1325,6 +1713,14 @@ impl FakeApi {
                 b
             }
             (None, _) if apply && !status_sub => {
+                // An apply that creates is authorized a second time, as a create.
+                let attrs = Attributes {
+                    verb: "create".into(),
+                    subresource: None,
+                    name: name.clone(),
+                    ..ctx.request_attributes(t)
+                };
+                st.check(ctx, &attrs)?;
                 let mut b = Self::parse_body(bytes)?;
                 Self::normalize(t, &mut b, &name)?;
                 if t.res.status
@@ -1472,6 +1868,9 @@ impl FakeApi {
         if let Some(fm) = q.get("fieldManager").filter(|f| !f.is_empty()) {
             let op = if apply { "Apply" } else { "Update" };
             record_manager(&mut new, fm, op, &t.res.api_version(), t.sub.as_deref());
+        }
+        if !status_sub {
+            st.admit_owner_references(ctx, t, &name, existing.as_ref(), &new)?;
         }
         if q.contains_key("dryRun") {
             return Ok((200, new));

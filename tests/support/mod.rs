@@ -18,16 +18,20 @@
 //! Each test binary uses a different subset, so unused items are expected.
 #![allow(dead_code, unused_imports)]
 
+pub mod authz;
 pub mod envtest;
 pub mod fake_api;
+pub mod logs;
 pub mod mco_sim;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub use authz::{Attributes, UserInfo};
 pub use fake_api::{
-    AccessRequest, FakeApi, Fault, FaultKind, RequestRecord, ResourceInfo, ReviewUser,
+    AccessRequest, Authorization, FakeApi, Fault, FaultKind, RequestRecord, ResourceInfo,
+    ReviewUser,
 };
 pub use mco_sim::{McoSimulator, SimHandle, SimOptions};
 
