@@ -35,12 +35,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use sandboxed_containers_operator::api::{KataConfig, MachineConfigPool};
 use sandboxed_containers_operator::cli::{Cli, Command, RunArgs};
-use sandboxed_containers_operator::health::Readiness;
-use sandboxed_containers_operator::metrics::Metrics;
 use sandboxed_containers_operator::names::{
     KATA_ROLE_LABEL, MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
     NAMESPACE_POLICY_LABEL,
 };
+use sandboxed_containers_operator::observability::Metrics;
+use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
 use support::{FakeApi, McoSimulator, SimOptions, free_port, machine_config_json, node_json};

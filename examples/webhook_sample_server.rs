@@ -7,11 +7,12 @@
 
 use std::sync::Arc;
 
+use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::certs::CertStore;
 use sandboxed_containers_operator::certs::issue::{Lifetimes, plan};
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::server::{serve, tls_config};
-use sandboxed_containers_operator::webhook::{Caches, WebhookState, router, samples};
+use sandboxed_containers_operator::webhook::{WebhookState, router, samples};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -42,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     std::fs::write(&ca_out, &material.ca_crt)?;
 
-    let (caches, mut writers) = Caches::new();
+    let (caches, mut writers) = ClusterCache::new();
     samples::populate(&mut writers);
     let state = WebhookState::new(caches, "openshift-sandboxed-containers-operator", &metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -7,8 +7,8 @@ use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::api::KataConfig;
+use crate::api::NamespacePolicy;
 use crate::names::LOG_LEVELS;
-use crate::plan::NAMESPACE_POLICIES;
 
 /// The CRD as the API server should receive it.
 pub fn kataconfig_crd() -> CustomResourceDefinition {
@@ -55,7 +55,7 @@ fn tighten(root: &mut Value) {
     spec["logLevel"]["default"] = json!("info");
     spec["checkNodeEligibility"]["default"] = json!(false);
     spec["enablePeerPods"]["default"] = json!(false);
-    spec["namespacePolicy"]["properties"]["default"]["enum"] = json!(NAMESPACE_POLICIES);
+    spec["namespacePolicy"]["properties"]["default"]["enum"] = json!(NamespacePolicy::VALUES);
     spec["namespacePolicy"]["properties"]["default"]["default"] = json!("allow");
 
     let selector = &mut spec["kataConfigPoolSelector"];

@@ -5,7 +5,7 @@
 //! record unchanged, not by comparing the holder's `renewTime` with the local clock, so clock
 //! skew between nodes cannot hand the Lease over early. A leader that cannot renew within the
 //! renew deadline (2/3 of the Lease duration) stops leading before anybody else may take over.
-//! Losing the Lease ends [`run_with_leadership`] with an error (the process should exit and be
+//! Losing the Lease ends [`run_with_config`] with an error (the process should exit and be
 //! restarted as a follower, as controller-runtime operators do); shutdown releases the Lease so
 //! a successor takes over at once.
 
@@ -20,7 +20,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::observability::Metrics;
 
 pub const LEASE_NAME: &str = "sandboxed-containers-operator-leader";
 
@@ -60,31 +60,6 @@ impl LeaderConfig {
 ///
 /// `lead` gets a token cancelled on shutdown or on loss of the Lease and must return soon after.
 /// Returns `Ok` after a shutdown (Lease released) and an error when leadership was lost.
-pub async fn run_with_leadership<F, Fut>(
-    client: Client,
-    namespace: &str,
-    identity: String,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    lead: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    run_with_config(
-        client,
-        namespace,
-        identity,
-        LeaderConfig::default(),
-        metrics,
-        shutdown,
-        lead,
-    )
-    .await
-}
-
-/// [`run_with_leadership`] with explicit timings (tests use short ones).
 pub async fn run_with_config<F, Fut>(
     client: Client,
     namespace: &str,

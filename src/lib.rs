@@ -10,12 +10,12 @@
 //! - `cli`: command-line definitions.
 
 pub mod api;
+pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod crdgen;
-pub mod health;
+pub mod kubeapi;
 pub mod leader;
-pub mod metrics;
 pub mod names;
 pub mod observability;
 pub mod packaging;

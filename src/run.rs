@@ -12,11 +12,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::cache::ClusterCache;
 use crate::certs::CertStore;
 use crate::cli::RunArgs;
-use crate::health::Readiness;
-use crate::metrics::Metrics;
-use crate::observability::{self, MetricsSecurity};
+use crate::observability::{self, Metrics, MetricsSecurity, Readiness};
 
 /// How long a TokenReview/SubjectAccessReview decision is reused for the same token.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -53,6 +52,10 @@ pub async fn run_with(
         .unwrap_or_else(|| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
     let leader_config = leader_config(args.lease_duration_seconds);
 
+    // One watch per shared kind, read by the reconciler and the webhooks alike.
+    let cluster = (!args.disable_controller || !args.disable_webhooks)
+        .then(|| ClusterCache::start(client.clone(), metrics.clone(), shutdown.clone()));
+
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let spawn = |tasks: &mut JoinSet<_>,
                  name: &'static str,
@@ -70,13 +73,14 @@ pub async fn run_with(
         }),
     );
 
-    if !args.disable_webhooks {
+    if let Some(cluster) = cluster.clone().filter(|_| !args.disable_webhooks) {
         let config = crate::webhook::Config::from_run_args(&args, certs.clone())?;
         spawn(
             &mut tasks,
             "webhook",
             Box::pin(crate::webhook::run(
                 client.clone(),
+                cluster,
                 config,
                 metrics.clone(),
                 readiness.clone(),
@@ -110,7 +114,7 @@ pub async fn run_with(
         );
     }
 
-    if !args.disable_controller {
+    if let Some(cluster) = cluster.filter(|_| !args.disable_controller) {
         let (client, metrics, readiness, namespace) = (
             client.clone(),
             metrics.clone(),
@@ -129,14 +133,16 @@ pub async fn run_with(
                     ..Default::default()
                 };
                 if no_leader_elect {
-                    return crate::reconciler::run(client, config, metrics, readiness, shutdown)
-                        .await;
+                    return crate::reconciler::run(
+                        client, cluster, config, metrics, readiness, shutdown,
+                    )
+                    .await;
                 }
                 let lead = {
                     let (client, metrics, readiness) =
                         (client.clone(), metrics.clone(), readiness.clone());
                     move |leading: CancellationToken| {
-                        crate::reconciler::run(client, config, metrics, readiness, leading)
+                        crate::reconciler::run(client, cluster, config, metrics, readiness, leading)
                     }
                 };
                 crate::leader::run_with_config(

@@ -23,13 +23,14 @@ use kube::{Client, Resource, ResourceExt};
 use sandboxed_containers_operator::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
 };
-use sandboxed_containers_operator::health::Readiness;
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::names::{
     CONTAINER_RUNTIME_CONFIG, CONTROL_PLANE_ROLE_LABEL, CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER,
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MCO_CURRENT_CONFIG, RUNTIME_CLASS,
     WORKER_ROLE_LABEL,
 };
+use sandboxed_containers_operator::observability::Metrics;
+use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::reconciler;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -132,15 +133,18 @@ struct Operator {
 fn start_operator(client: &Client) -> Operator {
     let shutdown = CancellationToken::new();
     let readiness = Readiness::new();
+    let metrics = Arc::new(Metrics::new());
+    let cluster = ClusterCache::start(client.clone(), metrics.clone(), shutdown.clone());
     let task = tokio::spawn(reconciler::run(
         client.clone(),
+        cluster,
         reconciler::Config {
             instance: Some("envtest".into()),
             request_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
         },
-        Arc::new(Metrics::new()),
+        metrics,
         readiness.clone(),
         shutdown.clone(),
     ));
@@ -472,6 +476,7 @@ async fn lifecycle(client: Client, operator: Client) {
     .await;
     op.task.abort();
     let _ = op.task.await;
+    op.shutdown.cancel();
     let op = start_operator(&operator);
     let c = client.clone();
     wait("KataConfig gone", || {

@@ -19,8 +19,8 @@ use rcgen::{
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sandboxed_containers_operator::api::KataNodesStatus;
-use sandboxed_containers_operator::health::Readiness;
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::observability::Metrics;
+use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::observability::{
     AuthError, Authorizer, BearerToken, CachedAuthorizer, Decision, KubeAuthorizer,
     MetricsSecurity, UserInfo, kube_authorizer, serve_health, serve_metrics, shutdown_on_signal,

@@ -21,12 +21,13 @@ use kube::runtime::watcher;
 use sandboxed_containers_operator::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
 };
-use sandboxed_containers_operator::health::Readiness;
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::names::{
     CONTAINER_RUNTIME_CONFIG, CONTROL_PLANE_ROLE_LABEL, CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER,
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MC_ROLE_LABEL, RUNTIME_CLASS, WORKER_ROLE_LABEL,
 };
+use sandboxed_containers_operator::observability::Metrics;
+use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::{leader, reconciler};
 use serde_json::{Value, json};
 use support::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
@@ -114,8 +115,11 @@ impl Cluster {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::new();
+        let client = self.api.client();
+        let cluster = ClusterCache::start(client.clone(), metrics.clone(), shutdown.clone());
         let task = tokio::spawn(reconciler::run(
-            self.api.client(),
+            client,
+            cluster,
             test_config(),
             metrics.clone(),
             readiness.clone(),
@@ -294,10 +298,12 @@ impl Operator {
         res.expect("reconciler returned an error");
     }
 
-    /// A crash: the task dies wherever it is, nothing is cleaned up.
+    /// A crash: the task dies wherever it is, nothing is cleaned up (and the process's watches
+    /// die with it).
     async fn crash(self) {
         self.task.abort();
         let _ = self.task.await;
+        self.shutdown.cancel();
     }
 }
 

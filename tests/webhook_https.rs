@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
 use rustls::pki_types::ServerName;
+use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::certs::{CertStore, dir};
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::server::{serve, tls_config};
-use sandboxed_containers_operator::webhook::{Caches, WebhookState, router, samples};
+use sandboxed_containers_operator::webhook::{WebhookState, router, samples};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +111,7 @@ async fn start(ca: &TestCa) -> Server {
     store
         .load_pem(crt.as_bytes(), key.as_bytes(), Some(&ca.pem), "test")
         .expect("load");
-    let (caches, mut writers) = Caches::new();
+    let (caches, mut writers) = ClusterCache::new();
     samples::populate(&mut writers);
     // The writers must outlive the test's requests (dropping one only ends readiness waits).
     std::mem::forget(writers);

@@ -10,13 +10,14 @@ use http::Request;
 use kube::core::admission::Operation;
 use proptest::prelude::*;
 use sandboxed_containers_operator::api::{KataConfig, KataConfigSpec};
-use sandboxed_containers_operator::metrics::Metrics;
+use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::names::NAMESPACE_POLICY_LABEL;
+use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::plan::{NodeInfo, validate_spec};
-use sandboxed_containers_operator::webhook::cache::{KataEnv, KataState, PodEnv};
 use sandboxed_containers_operator::webhook::pod::{self, PodView};
 use sandboxed_containers_operator::webhook::review::Verdict;
-use sandboxed_containers_operator::webhook::{Caches, WebhookState, kataconfig, router, samples};
+use sandboxed_containers_operator::webhook::snapshot::{KataEnv, KataState, PodEnv};
+use sandboxed_containers_operator::webhook::{WebhookState, kataconfig, router, samples};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -29,7 +30,7 @@ fn sample(name: &str) -> Value {
 }
 
 fn app() -> axum::Router {
-    let (caches, mut w) = Caches::new();
+    let (caches, mut w) = ClusterCache::new();
     samples::populate(&mut w);
     std::mem::forget(w);
     router(WebhookState::new(

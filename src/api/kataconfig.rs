@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -146,4 +146,91 @@ pub fn default_pod_fixed_overhead() -> BTreeMap<String, Quantity> {
         ("cpu".to_string(), Quantity("250m".to_string())),
         ("memory".to_string(), Quantity("350Mi".to_string())),
     ])
+}
+
+impl KataConfig {
+    /// Carries the operator's finalizer: uninstall has not finished.
+    pub fn has_finalizer(&self) -> bool {
+        self.finalizers()
+            .iter()
+            .any(|f| f == crate::names::FINALIZER)
+    }
+
+    pub fn is_being_deleted(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// The one KataConfig the operator acts on: the oldest (creationTimestamp, then name). One being
+/// deleted stays active until its uninstall drops our finalizer, so a KataConfig created
+/// meanwhile waits its turn; one going away without our finalizer is ignored.
+pub fn active_kata_config<'a>(
+    all: impl IntoIterator<Item = &'a KataConfig>,
+) -> Option<&'a KataConfig> {
+    all.into_iter()
+        .filter(|kc| !kc.is_being_deleted() || kc.has_finalizer())
+        .min_by(|a, b| {
+            let key = |k: &KataConfig| {
+                (
+                    k.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    k.name_any(),
+                )
+            };
+            key(a).cmp(&key(b))
+        })
+}
+
+/// The active KataConfig unless it is being uninstalled: what admission enforces (its pod
+/// webhooks, its RuntimeClasses). During uninstall nothing is in force, so no new pod gets kata.
+pub fn kata_config_in_force<'a>(
+    all: impl IntoIterator<Item = &'a KataConfig>,
+) -> Option<&'a KataConfig> {
+    active_kata_config(all).filter(|kc| !kc.is_being_deleted())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn kc(name: &str, created: &str, deleting: bool, finalizer: bool) -> KataConfig {
+        let mut k = KataConfig::new(name, KataConfigSpec::default());
+        k.metadata = ObjectMeta {
+            name: Some(name.into()),
+            creation_timestamp: Some(Time(created.parse().expect("ts"))),
+            deletion_timestamp: deleting.then(|| Time("2026-01-02T00:00:00Z".parse().expect("ts"))),
+            finalizers: finalizer.then(|| vec![crate::names::FINALIZER.to_string()]),
+            ..Default::default()
+        };
+        k
+    }
+
+    fn name(k: Option<&KataConfig>) -> Option<&str> {
+        k.and_then(|k| k.metadata.name.as_deref())
+    }
+
+    #[test]
+    fn oldest_kata_config_is_active_then_name_breaks_ties() {
+        let a = kc("b-second", "2026-01-01T00:00:01Z", false, true);
+        let b = kc("a-first", "2026-01-01T00:00:00Z", false, false);
+        let c = kc("a-tie", "2026-01-01T00:00:01Z", false, false);
+        assert_eq!(name(active_kata_config([&a, &b, &c])), Some("a-first"));
+        assert_eq!(name(active_kata_config([&a, &c])), Some("a-tie"));
+        assert_eq!(name(active_kata_config([])), None);
+    }
+
+    #[test]
+    fn a_deleting_config_stays_active_until_its_finalizer_is_gone_but_is_not_in_force() {
+        let old = kc("old", "2026-01-01T00:00:00Z", true, true);
+        let new = kc("new", "2026-01-01T00:00:05Z", false, false);
+        assert_eq!(name(active_kata_config([&old, &new])), Some("old"));
+        assert_eq!(
+            name(kata_config_in_force([&old, &new])),
+            None,
+            "uninstalling"
+        );
+        let gone = kc("old", "2026-01-01T00:00:00Z", true, false);
+        assert_eq!(name(active_kata_config([&gone, &new])), Some("new"));
+        assert_eq!(name(kata_config_in_force([&gone, &new])), Some("new"));
+    }
 }

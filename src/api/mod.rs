@@ -2,9 +2,14 @@
 
 pub mod kataconfig;
 pub mod mco;
+pub mod namespace_policy;
 
-pub use kataconfig::{KataConfig, KataConfigSpec, KataConfigStatus, KataNodesStatus};
+pub use kataconfig::{
+    KataConfig, KataConfigSpec, KataConfigStatus, KataNodesStatus, active_kata_config,
+    kata_config_in_force,
+};
 pub use mco::{
     ContainerRuntimeConfig, ContainerRuntimeConfigSpec, MachineConfig, MachineConfigPool,
     MachineConfigPoolSpec, MachineConfigPoolStatus, MachineConfigSpec,
 };
+pub use namespace_policy::NamespacePolicy;

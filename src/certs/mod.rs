@@ -23,7 +23,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::observability::Metrics;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CertError {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth::{Authorizer, BearerToken, Decision, METRICS_PATH, METRICS_VERB, one_line};
-use crate::metrics::Metrics;
+use crate::observability::Metrics;
 
 /// Longest a scrape waits for the API server's reviews; Prometheus gives up after its own
 /// scrape timeout (10 s by default) anyway, and a stuck review must not pin a connection.

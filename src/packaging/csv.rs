@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use super::manifests::deployment_spec;
 use super::rbac::{Scope, policy_rules};
 use super::{IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
+use crate::api::NamespacePolicy;
 use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS};
-use crate::plan::NAMESPACE_POLICIES;
 
 const ICON_SVG: &str = include_str!("icon.svg");
 
@@ -109,7 +109,7 @@ fn spec_descriptors() -> Vec<Value> {
             "namespacePolicy.default",
             "Default namespace policy",
             "Policy for namespaces without the kataconfiguration.openshift.io/policy label.",
-            &select(&NAMESPACE_POLICIES),
+            &select(&NamespacePolicy::VALUES),
         ),
     ]
 }

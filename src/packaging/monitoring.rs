@@ -140,7 +140,7 @@ pub fn alert_exprs() -> Vec<(&'static str, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observability::Metrics;
 
     #[test]
     fn alerts_use_only_metrics_the_operator_exports() {

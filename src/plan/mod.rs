@@ -11,6 +11,7 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 
 use crate::api::{
     ContainerRuntimeConfig, KataConfig, KataConfigSpec, MachineConfig, MachineConfigPool,
+    NamespacePolicy,
 };
 use crate::names::LOG_LEVELS;
 use crate::selector::FieldError;
@@ -33,8 +34,6 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
-pub const NAMESPACE_POLICIES: [&str; 4] = ["require", "default", "allow", "deny"];
-
 /// Checks the fields the CRD schema also restricts, plus the selector rules, so an object that
 /// got past an older CRD or a disabled webhook is still reported precisely.
 pub fn validate_spec(spec: &KataConfigSpec) -> Result<(), SpecError> {
@@ -56,14 +55,14 @@ pub fn validate_spec(spec: &KataConfigSpec) -> Result<(), SpecError> {
         });
     }
     if let Some(policy) = &spec.namespace_policy
-        && !NAMESPACE_POLICIES.contains(&policy.default.as_str())
+        && NamespacePolicy::parse(&policy.default).is_none()
     {
         errors.push(FieldError {
             field: "spec.namespacePolicy.default".into(),
             message: format!(
                 "unknown policy {:?}: use one of {}",
                 policy.default,
-                NAMESPACE_POLICIES.join(", ")
+                NamespacePolicy::valid_values()
             ),
         });
     }

@@ -2,14 +2,18 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 
 use crate::api::KataConfigSpec;
 use crate::names::{
     CONTROL_PLANE_ROLE_LABEL, KATA_POOL, KATA_ROLE_LABEL, MASTER_POOL, MASTER_ROLE_LABEL,
-    NFD_KATA_LABEL, WORKER_ROLE_LABEL,
+    MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE, NFD_KATA_LABEL,
+    WORKER_ROLE_LABEL,
 };
 use crate::selector::{self, FieldError};
 
@@ -41,6 +45,23 @@ impl NodeInfo {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.get(key).map(String::as_str)
     }
+}
+
+/// The only node annotations the planner reads: the MCO's per-node state.
+pub const NODE_ANNOTATIONS: [&str; 4] = [
+    MCO_CURRENT_CONFIG,
+    MCO_DESIRED_CONFIG,
+    MCO_STATE,
+    MCO_REASON,
+];
+
+/// Keeps of a watched node only what [`NodeInfo`] reads: real nodes carry kilobytes of
+/// managedFields and network-plugin annotations each, which would dominate a cache (and be
+/// copied into every snapshot) on a large cluster.
+pub fn slim_node(n: &mut PartialObjectMeta<Node>) {
+    n.managed_fields_mut().clear();
+    n.annotations_mut()
+        .retain(|k, _| NODE_ANNOTATIONS.contains(&k.as_str()));
 }
 
 /// Whether kata goes onto a dedicated `kata-oc` pool or onto the control plane.

@@ -31,12 +31,62 @@ pub enum Error {
     },
 }
 
+/// Low-cardinality class of an error, for the requeue policy, the
+/// `kata_operator_api_errors_total{category}` label and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// 403: the operator's RBAC lacks a verb (never transient).
+    Forbidden,
+    NotFound,
+    Conflict,
+    /// 429: the API server asks us to slow down.
+    Throttled,
+    /// 5xx.
+    Server,
+    /// Any other 4xx.
+    Client,
+    /// The connection failed before an answer.
+    Transport,
+    Timeout,
+    /// A watch cache has not synced.
+    Cache,
+    /// Our own bug (serialization).
+    Internal,
+    /// A watch stream failed in a way that is not an API answer.
+    Watch,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Forbidden => "forbidden",
+            Category::NotFound => "not_found",
+            Category::Conflict => "conflict",
+            Category::Throttled => "throttled",
+            Category::Server => "server",
+            Category::Client => "client",
+            Category::Transport => "transport",
+            Category::Timeout => "timeout",
+            Category::Cache => "cache",
+            Category::Internal => "internal",
+            Category::Watch => "watch",
+        }
+    }
+
+    /// Someone else changed (or removed) the object first: retry almost at once with fresh
+    /// caches. Everything else backs off exponentially.
+    pub fn retry(self) -> Retry {
+        match self {
+            Category::Conflict | Category::NotFound => Retry::Soon,
+            _ => Retry::Backoff,
+        }
+    }
+}
+
 /// Requeue policy derived from the category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Someone else changed the object first: retry almost at once with fresh caches.
     Soon,
-    /// Transient failure: exponential backoff.
     Backoff,
 }
 
@@ -48,13 +98,12 @@ impl Error {
         }
     }
 
-    /// Low-cardinality label for `kata_operator_api_errors_total{category}` and logs.
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
             Error::Kube { source, .. } => kube_category(source),
-            Error::Timeout { .. } => "timeout",
-            Error::CacheNotReady(_) => "cache",
-            Error::Serialize { .. } => "internal",
+            Error::Timeout { .. } => Category::Timeout,
+            Error::CacheNotReady(_) => Category::Cache,
+            Error::Serialize { .. } => Category::Internal,
         }
     }
 
@@ -63,27 +112,56 @@ impl Error {
         matches!(self, Error::Kube { .. } | Error::Timeout { .. })
     }
 
-    pub fn retry(&self) -> Retry {
-        match self.category() {
-            "conflict" | "not_found" => Retry::Soon,
-            _ => Retry::Backoff,
+    /// A failed call of `action`, from the shared helpers' error.
+    pub fn call(action: impl Into<String>, e: crate::kubeapi::CallError) -> Self {
+        match e {
+            crate::kubeapi::CallError::Kube(source) => Error::kube(action, source),
+            crate::kubeapi::CallError::Timeout(timeout) => Error::Timeout {
+                action: action.into(),
+                timeout,
+            },
         }
+    }
+
+    /// The API server answered that the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404)
+    }
+
+    /// Success when the object the write was for is gone (there is nothing left to change).
+    pub fn ok_if_absent(r: Result<(), Error>) -> Result<(), Error> {
+        match r {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        self.category().retry()
     }
 }
 
 /// Category of a kube client error: the HTTP class for API answers, `transport` otherwise.
-pub fn kube_category(e: &kube::Error) -> &'static str {
+pub fn kube_category(e: &kube::Error) -> Category {
     match e {
         kube::Error::Api(status) => match status.code {
-            // RBAC refused us: the installed ClusterRole/Role lacks a verb (never transient).
-            403 => "forbidden",
-            404 => "not_found",
-            409 => "conflict",
-            429 => "throttled",
-            500..=599 => "server",
-            _ => "client",
+            403 => Category::Forbidden,
+            404 => Category::NotFound,
+            409 => Category::Conflict,
+            429 => Category::Throttled,
+            500..=599 => Category::Server,
+            _ => Category::Client,
         },
-        _ => "transport",
+        _ => Category::Transport,
+    }
+}
+
+/// Category of a watch failure (the API answer inside it, if any).
+pub fn watch_error_category(e: &kube::runtime::watcher::Error) -> Category {
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => kube_category(k),
+        _ => Category::Watch,
     }
 }
 
@@ -111,22 +189,22 @@ mod tests {
 
     #[test]
     fn categories_follow_the_http_class() {
-        assert_eq!(api(403).category(), "forbidden");
-        assert_eq!(api(404).category(), "not_found");
-        assert_eq!(api(409).category(), "conflict");
-        assert_eq!(api(429).category(), "throttled");
-        assert_eq!(api(500).category(), "server");
-        assert_eq!(api(503).category(), "server");
-        assert_eq!(api(422).category(), "client");
+        assert_eq!(api(403).category(), Category::Forbidden);
+        assert_eq!(api(404).category().as_str(), "not_found");
+        assert_eq!(api(409).category().as_str(), "conflict");
+        assert_eq!(api(429).category().as_str(), "throttled");
+        assert_eq!(api(500).category().as_str(), "server");
+        assert_eq!(api(503).category().as_str(), "server");
+        assert_eq!(api(422).category().as_str(), "client");
         assert_eq!(
             Error::Timeout {
                 action: "x".into(),
                 timeout: Duration::from_secs(1)
             }
             .category(),
-            "timeout"
+            Category::Timeout
         );
-        assert_eq!(Error::CacheNotReady("nodes").category(), "cache");
+        assert_eq!(Error::CacheNotReady("nodes").category(), Category::Cache);
     }
 
     #[test]
@@ -168,7 +246,7 @@ mod tests {
             e.to_string()
                 .starts_with("serializing status of KataConfig example: ")
         );
-        assert_eq!(e.category(), "internal");
+        assert_eq!(e.category(), Category::Internal);
         assert!(!e.is_api());
         assert!(!Error::CacheNotReady("pods").is_api());
         assert!(api(500).is_api());

@@ -1,18 +1,32 @@
 //! The `KataConfig` reconciler: a kube-runtime Controller over the pipeline
-//! observe (watch caches) → validate + build + decide (pure, [`decide::decide`]) → apply (SSA with
-//! one field manager) → status (status subresource, only when changed) → events (transitions only).
+//! observe ([`observe`]: watch caches) → validate + build + decide (pure, [`decide`]) → apply
+//! ([`apply`]: SSA with one field manager) → status (status subresource, only when changed) →
+//! events ([`events`]: transitions only). This file is the outer loop only.
 //!
-//! Progress is event-driven: the caches of nodes (metadata only), MachineConfigPools, our
-//! MachineConfigs, the ContainerRuntimeConfig, the RuntimeClass and, during uninstall, pods
-//! trigger reconciles when something the decision reads changes. There is no periodic requeue.
+//! | file | what |
+//! |---|---|
+//! | `action.rs` | the types handed from the decision to the writer |
+//! | `decide/` | the pure decision: dispatch, install, uninstall, the reported status |
+//! | `diff.rs` | does an observed object differ from the desired one (pure) |
+//! | `observe.rs` | the snapshot, and the watches only the reconciler needs |
+//! | `apply.rs` | the writer |
+//! | `status.rs`, `events.rs`, `error.rs` | conditions, Events, classified errors |
+//!
+//! Progress is event-driven: the shared caches (nodes, RuntimeClasses, KataConfigs), and the
+//! reconciler's own (MachineConfigPools, our MachineConfigs, the ContainerRuntimeConfig and,
+//! during uninstall, pods) trigger reconciles when something the decision reads changes. There
+//! is no periodic requeue.
 
+pub mod action;
 pub mod apply;
 pub mod decide;
+pub mod diff;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod observe;
 pub mod status;
-pub mod uninstall;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,17 +36,16 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KataConfig;
-use crate::health::Readiness;
-use crate::metrics::Metrics;
+use crate::cache::{Change, ClusterCache};
 use crate::names::FIELD_MANAGER;
+use crate::observability::{Metrics, Readiness};
 
-pub use decide::{Action, Decision, Outcome, decide};
+pub use action::{Action, Decision, Outcome};
+pub use decide::decide;
 pub use error::Error;
 pub use observe::Observed;
 
@@ -64,8 +77,8 @@ impl Default for Config {
 
 /// Shared state of the reconciler.
 pub struct Context {
-    pub caches: observe::Caches,
-    kata_configs: Store<KataConfig>,
+    cluster: ClusterCache,
+    owned: observe::OwnedCaches,
     writer: apply::Writer,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -75,10 +88,13 @@ pub struct Context {
 }
 
 /// Runs the reconciler until `shutdown` is cancelled, then lets in-flight reconciles finish.
+/// `cluster` is the process's shared cache (its watches outlive this reconciler); the watches of
+/// what only the reconciler reads start here and stop with it.
 ///
 /// Registers the readiness component `controller`, ready once every watch cache has synced.
 pub async fn run(
     client: Client,
+    cluster: ClusterCache,
     config: Config,
     metrics: Arc<Metrics>,
     readiness: Readiness,
@@ -86,16 +102,28 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     readiness.register(READINESS_COMPONENT);
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
-    let caches = observe::Caches::start(client.clone(), trigger_tx, metrics.clone());
-    let kc_api: Api<KataConfig> = Api::all(client.clone());
-    let controller = Controller::new(kc_api, watcher::Config::default())
-        // One KataConfig is active; never reconcile two at once.
-        .with_config(controller::Config::default().concurrency(1))
-        .reconcile_all_on(trigger_rx)
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let owned = observe::OwnedCaches::start(
+        client.clone(),
+        trigger_tx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let forward = tokio::spawn(forward_shared_changes(
+        cluster.clone(),
+        trigger_tx.clone(),
+        shutdown.clone(),
+    ));
+    // The KataConfigs come from the shared cache; every trigger reconciles all of them (one is
+    // active, the others are only told so).
+    let controller =
+        Controller::for_stream(futures::stream::pending(), cluster.kata_config_store())
+            // One KataConfig is active; never reconcile two at once.
+            .with_config(controller::Config::default().concurrency(1))
+            .reconcile_all_on(trigger_rx)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let ctx = Arc::new(Context {
-        caches,
-        kata_configs: controller.store(),
+        cluster,
+        owned,
         writer: apply::Writer {
             client: client.clone(),
             timeout: config.request_timeout,
@@ -115,15 +143,19 @@ pub async fn run(
     let ready_ctx = ctx.clone();
     let ready_task = tokio::spawn(async move {
         let synced = async {
-            ready_ctx.caches.wait_until_ready().await?;
-            crate::health::store_ready(&ready_ctx.kata_configs)
+            ready_ctx.owned.wait_until_ready().await?;
+            ready_ctx
+                .cluster
+                .wait_synced()
                 .await
-                .map_err(|_| Error::CacheNotReady("kataconfigs"))
+                .map_err(|e| Error::CacheNotReady(e.0))
         };
         match synced.await {
             Ok(()) => {
                 tracing::info!("controller watch caches synced");
                 readiness.set(READINESS_COMPONENT, true);
+                // The shared caches may have synced before this reconciler subscribed.
+                let _ = trigger_tx.unbounded_send(());
             }
             Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
         }
@@ -135,16 +167,42 @@ pub async fn run(
             match res {
                 Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::warn!(kataconfig = %obj.name, category = e.category(), error = %e, "reconcile failed; retrying with backoff")
+                    tracing::warn!(kataconfig = %obj.name, category = e.category().as_str(), error = %e, "reconcile failed; retrying with backoff")
                 }
                 Err(e) => tracing::debug!(error = %e, "controller event"),
             }
         })
         .await;
     ready_task.abort();
-    ctx.caches.stop_pod_watch().await;
+    forward.abort();
+    ctx.owned.stop_pod_watch().await;
     tracing::info!("reconciler stopped");
     Ok(())
+}
+
+/// Turns changes of the shared caches the decision reads into reconcile triggers.
+async fn forward_shared_changes(
+    cluster: ClusterCache,
+    trigger: futures::channel::mpsc::UnboundedSender<()>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = cluster.subscribe();
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => c,
+            () = shutdown.cancelled() => return,
+        };
+        let fire = match change {
+            Ok(Change::Nodes | Change::RuntimeClasses | Change::KataConfigs) => true,
+            Ok(Change::Namespaces) => false,
+            // Fell behind: anything may have changed.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if fire && trigger.unbounded_send(()).is_err() {
+            return;
+        }
+    }
 }
 
 async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -173,7 +231,7 @@ async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Er
             if e.is_api() {
                 ctx.metrics
                     .api_errors
-                    .with_label_values(&[e.category()])
+                    .with_label_values(&[e.category().as_str()])
                     .inc();
             }
             Err(e)
@@ -195,15 +253,22 @@ async fn bounded<T>(
 }
 
 async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Error> {
-    bounded(ctx, "cluster", ctx.caches.wait_until_ready()).await?;
-    let all = ctx.kata_configs.state();
+    bounded(ctx, "cluster", ctx.owned.wait_until_ready()).await?;
+    bounded(ctx, "cluster", async {
+        ctx.cluster
+            .wait_synced()
+            .await
+            .map_err(|e| Error::CacheNotReady(e.0))
+    })
+    .await?;
+    let all = ctx.cluster.kata_configs();
     let now = Time(jiff::Timestamp::now());
-    let mut obs = ctx.caches.snapshot(kc, &all, now);
-    let uninstalling = kc.metadata.deletion_timestamp.is_some()
-        && observe::has_finalizer(kc)
+    let mut obs = ctx.owned.snapshot(&ctx.cluster, kc, now);
+    let uninstalling = kc.is_being_deleted()
+        && kc.has_finalizer()
         && obs.active.as_deref() == Some(kc.name_any().as_str());
     if uninstalling {
-        obs.pods = Some(bounded(ctx, "pods", ctx.caches.kata_pods()).await?);
+        obs.pods = Some(bounded(ctx, "pods", ctx.owned.kata_pods()).await?);
     }
     let d = decide(&obs);
     tracing::debug!(kataconfig = %kc.name_any(), outcome = ?d.outcome, actions = d.actions.len(), "decided");
@@ -232,13 +297,11 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
     }
     // The pod watch only serves a running uninstall.
     if !uninstalling || d.outcome == Outcome::Uninstalled {
-        let any_uninstall = all.iter().any(|k| {
-            k.metadata.deletion_timestamp.is_some()
-                && observe::has_finalizer(k)
-                && k.name_any() != kc.name_any()
-        });
-        if !any_uninstall && ctx.caches.pod_watch_running().await {
-            ctx.caches.stop_pod_watch().await;
+        let any_uninstall = all
+            .iter()
+            .any(|k| k.is_being_deleted() && k.has_finalizer() && k.name_any() != kc.name_any());
+        if !any_uninstall && ctx.owned.pod_watch_running().await {
+            ctx.owned.stop_pod_watch().await;
         }
     }
     Ok(d.outcome)

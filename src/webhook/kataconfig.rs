@@ -4,8 +4,8 @@
 
 use kube::core::admission::Operation;
 
-use super::cache::KataEnv;
 use super::review::Verdict;
+use super::snapshot::KataEnv;
 use crate::api::KataConfig;
 use crate::plan;
 

@@ -1,17 +1,17 @@
 //! Admission webhooks (HTTPS on :9443): `/validate-kataconfig`, `/mutate-pod`, `/validate-pod`.
 //!
 //! Layout: [`review`] is the thin HTTP layer (content type, body limit, parsing, metrics);
-//! [`kataconfig`], [`pod`] and [`policy`] are pure decisions; [`cache`] holds the watched
-//! objects they read; [`registration`] keeps the operator's own webhook configurations current.
+//! [`kataconfig`], [`pod`] and [`policy`] are pure decisions; [`snapshot`] is what they read of
+//! the shared caches; [`registration`] keeps the operator's own webhook configurations current.
 //! Certificates come from [`crate::certs`]. Entry point: [`run`].
 
-pub mod cache;
 pub mod kataconfig;
 pub mod pod;
 pub mod policy;
 pub mod registration;
 pub mod review;
 pub mod samples;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,14 +30,14 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::{info, warn};
 
 use crate::api::KataConfig;
+use crate::cache::ClusterCache;
 use crate::certs::CertStore;
 use crate::certs::issue::{Lifetimes, service_hosts};
 use crate::certs::secret::{SECRET_NAME, SecretConfig};
-use crate::health::Readiness;
-use crate::metrics::Metrics;
 use crate::names::{MUTATE_POD_PATH, VALIDATE_KATACONFIG_PATH, VALIDATE_POD_PATH};
+use crate::observability::Metrics;
+use crate::observability::Readiness;
 
-pub use cache::Caches;
 pub use registration::{Owner, Target};
 
 /// Readiness component name.
@@ -127,7 +127,7 @@ pub fn url_host(url: &str) -> anyhow::Result<String> {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct WebhookState {
-    caches: Caches,
+    cache: ClusterCache,
     operator_namespace: Arc<str>,
     kataconfig_metrics: Arc<review::AdmissionMetrics>,
     mutate_metrics: Arc<review::AdmissionMetrics>,
@@ -135,10 +135,10 @@ pub struct WebhookState {
 }
 
 impl WebhookState {
-    pub fn new(caches: Caches, operator_namespace: &str, metrics: &Metrics) -> WebhookState {
+    pub fn new(cache: ClusterCache, operator_namespace: &str, metrics: &Metrics) -> WebhookState {
         let m = |w| Arc::new(review::AdmissionMetrics::new(metrics, w));
         WebhookState {
-            caches,
+            cache,
             operator_namespace: Arc::from(operator_namespace),
             kataconfig_metrics: m("validate-kataconfig"),
             mutate_metrics: m("mutate-pod"),
@@ -155,7 +155,7 @@ async fn validate_kataconfig(
     // Node selection is linear in the node count: off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
         review::handle::<KataConfig, _>(&s.kataconfig_metrics, &headers, &body, |req| {
-            let env = s.caches.kata_env();
+            let env = snapshot::kata_env(&s.cache);
             kataconfig::validate(
                 &req.operation,
                 req.object.as_ref(),
@@ -183,7 +183,7 @@ fn pod_review(
         &pod::PodView,
         &str,
         &kube::core::admission::Operation,
-        &cache::PodEnv,
+        &snapshot::PodEnv,
     ) -> review::Verdict,
 ) -> Response {
     review::handle::<pod::PodView, _>(metrics, headers, body, |req| {
@@ -195,7 +195,7 @@ fn pod_review(
             .as_deref()
             .or(p.metadata.namespace.as_deref())
             .unwrap_or_default();
-        let env = s.caches.pod_env(ns, &s.operator_namespace);
+        let env = snapshot::pod_env(&s.cache, ns, &s.operator_namespace);
         decide(p, ns, &req.operation, &env)
     })
 }
@@ -222,11 +222,12 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-/// Runs the webhook server, its caches, certificate management and registration until
-/// `shutdown`. Ready (component `webhook`) once caches are synced, a certificate is loaded and
+/// Runs the webhook server, certificate management and registration until `shutdown`, reading
+/// the process's shared caches. Ready (component `webhook`) once they are synced, a certificate is loaded and
 /// the listener is bound.
 pub async fn run(
     client: kube::Client,
+    cache: ClusterCache,
     config: Config,
     metrics: Arc<Metrics>,
     readiness: Readiness,
@@ -234,7 +235,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     readiness.register(READINESS);
     let certs = config.certs.clone();
-    let caches = Caches::start(client.clone(), shutdown.clone());
     match &config.cert_mode {
         CertMode::Secret { name } => {
             let cfg = SecretConfig {
@@ -267,7 +267,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} for the webhooks", config.bind))?;
     info!(addr = %config.bind, "webhook server listening");
 
-    let state = WebhookState::new(caches.clone(), &config.namespace, &metrics);
+    let state = WebhookState::new(cache.clone(), &config.namespace, &metrics);
     let registration = registration::RegistrationConfig {
         target: config.target.clone(),
         owner: config.owner.clone(),
@@ -275,8 +275,8 @@ pub async fn run(
         resync: Duration::from_secs(600),
     };
     {
-        let (caches, certs, shutdown, readiness) = (
-            caches.clone(),
+        let (cache, certs, shutdown, readiness) = (
+            cache.clone(),
             certs.clone(),
             shutdown.clone(),
             readiness.clone(),
@@ -284,7 +284,7 @@ pub async fn run(
         tokio::spawn(async move {
             let mut changes = certs.subscribe();
             let ready = async {
-                caches.wait_synced().await?;
+                cache.wait_synced().await?;
                 while !certs.is_loaded() {
                     changes.changed().await?;
                 }
@@ -299,7 +299,7 @@ pub async fn run(
             }
             readiness.set(READINESS, true);
             info!("webhooks ready");
-            registration::run(client, registration, caches, certs, shutdown).await;
+            registration::run(client, registration, cache, certs, shutdown).await;
         });
     }
     let tls = crate::server::tls_config(certs.resolver());

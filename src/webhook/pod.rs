@@ -15,9 +15,10 @@ use kube::core::admission::Operation;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::cache::{KataState, PodEnv};
-use super::policy::{self, Action, PodRuntime, Policy};
+use super::policy::{self, Cell, PodRuntime};
 use super::review::Verdict;
+use super::snapshot::{KataState, PodEnv};
+use crate::api::NamespacePolicy as Policy;
 
 /// The parts of a Pod the decisions read. Parsing only these (and skipping the rest, notably
 /// `managedFields`) keeps a review cheap; the patch is computed against them.
@@ -172,15 +173,15 @@ pub fn mutate(pod: &PodView, namespace: &str, op: &Operation, env: &PodEnv) -> V
         Err(msg) => return Verdict::Deny(msg),
     };
     let runtime = pod.runtime(env.kata.as_ref());
-    match policy::decide(namespace, effective, &runtime) {
-        Action::Deny(msg) => Verdict::Deny(msg),
-        Action::Admit => match &runtime {
+    match policy::cell(namespace, effective, &runtime) {
+        Cell::Deny(msg) => Verdict::Deny(msg),
+        Cell::Admit => match &runtime {
             PodRuntime::Kata(rc) => host_namespace_denial(pod, rc)
                 .map(Verdict::Deny)
                 .unwrap_or_else(Verdict::allow),
             _ => Verdict::allow(),
         },
-        Action::Inject => inject_decision(pod, namespace, effective.policy, env.kata.as_ref()),
+        Cell::Inject => inject_decision(pod, namespace, effective.policy, env.kata.as_ref()),
     }
 }
 
@@ -336,11 +337,11 @@ pub fn validate(pod: &PodView, namespace: &str, op: &Operation, env: &PodEnv) ->
     {
         return Verdict::Deny(msg);
     }
-    match policy::decide(namespace, effective, &runtime) {
-        Action::Deny(msg) => Verdict::Deny(msg),
-        Action::Admit => Verdict::allow(),
+    match policy::cell(namespace, effective, &runtime) {
+        Cell::Deny(msg) => Verdict::Deny(msg),
+        Cell::Admit => Verdict::allow(),
         // Still no runtimeClassName after the mutating webhooks ran.
-        Action::Inject if effective.policy == Policy::Require => Verdict::Deny(format!(
+        Cell::Inject if effective.policy == Policy::Require => Verdict::Deny(format!(
             "namespace {namespace:?} requires kata (policy require), but pod {} has no spec.runtimeClassName after defaulting; set spec.runtimeClassName to {}",
             pod.display_name(),
             env.kata
@@ -349,7 +350,7 @@ pub fn validate(pod: &PodView, namespace: &str, op: &Operation, env: &PodEnv) ->
                 .map(|n| format!("{n:?}"))
                 .unwrap_or_else(|| "a kata RuntimeClass once kata is installed".into())
         )),
-        Action::Inject => Verdict::allow(),
+        Cell::Inject => Verdict::allow(),
     }
 }
 

@@ -9,10 +9,9 @@
 //! | no label  | as `spec.namespacePolicy.default` (default `allow`)                |
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+use crate::api::NamespacePolicy as Policy;
 use crate::names::NAMESPACE_POLICY_LABEL;
-use crate::plan::NAMESPACE_POLICIES;
 
 /// Namespaces the webhooks never intercept. The registered `namespaceSelector` excludes them too,
 /// but it cannot express the `openshift-` prefix, so the decisions check again.
@@ -20,46 +19,6 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 pub const OPENSHIFT_PREFIX: &str = "openshift-";
 /// Label OpenShift puts on its platform namespaces (`openshift.io/run-level`).
 pub const RUN_LEVEL_LABEL: &str = "openshift.io/run-level";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Require,
-    Default,
-    Allow,
-    Deny,
-}
-
-impl Policy {
-    pub fn parse(value: &str) -> Option<Policy> {
-        match value {
-            "require" => Some(Policy::Require),
-            "default" => Some(Policy::Default),
-            "allow" => Some(Policy::Allow),
-            "deny" => Some(Policy::Deny),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Require => "require",
-            Policy::Default => "default",
-            Policy::Allow => "allow",
-            Policy::Deny => "deny",
-        }
-    }
-
-    /// Whether pods without a `runtimeClassName` get kata injected.
-    pub fn injects(self) -> bool {
-        matches!(self, Policy::Require | Policy::Default)
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where the effective policy came from, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +49,7 @@ pub fn resolve(
             .ok_or_else(|| {
                 format!(
                     "namespace {namespace:?} has label {NAMESPACE_POLICY_LABEL}={value:?}, which is not a valid policy: use one of {}",
-                    NAMESPACE_POLICIES.join(", ")
+                    Policy::valid_values()
                 )
             });
     }
@@ -124,16 +83,16 @@ pub enum PodRuntime {
     Other(String),
 }
 
-/// The table's verdict.
+/// One cell of the table: what happens to the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Cell {
     Inject,
     Admit,
     Deny(String),
 }
 
-/// One cell of the policy table.
-pub fn decide(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Action {
+/// The cell of the policy table for this namespace's policy and what the pod names.
+pub fn cell(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Cell {
     let origin = match effective.source {
         Source::Label => format!(
             "namespace {namespace:?} has {NAMESPACE_POLICY_LABEL}={}",
@@ -145,16 +104,16 @@ pub fn decide(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Ac
         ),
     };
     match (effective.policy, runtime) {
-        (Policy::Require | Policy::Default, PodRuntime::None) => Action::Inject,
-        (Policy::Allow | Policy::Deny, PodRuntime::None) => Action::Admit,
-        (Policy::Require | Policy::Default | Policy::Allow, PodRuntime::Kata(_)) => Action::Admit,
-        (Policy::Deny, PodRuntime::Kata(rc)) => Action::Deny(format!(
+        (Policy::Require | Policy::Default, PodRuntime::None) => Cell::Inject,
+        (Policy::Allow | Policy::Deny, PodRuntime::None) => Cell::Admit,
+        (Policy::Require | Policy::Default | Policy::Allow, PodRuntime::Kata(_)) => Cell::Admit,
+        (Policy::Deny, PodRuntime::Kata(rc)) => Cell::Deny(format!(
             "{origin}: pods may not use the kata RuntimeClass {rc:?} here; remove spec.runtimeClassName or change the namespace policy"
         )),
-        (Policy::Require, PodRuntime::Other(rc)) => Action::Deny(format!(
+        (Policy::Require, PodRuntime::Other(rc)) => Cell::Deny(format!(
             "{origin}: every pod must run with kata, but this pod asks for RuntimeClass {rc:?}; remove spec.runtimeClassName to get kata"
         )),
-        (Policy::Default | Policy::Allow | Policy::Deny, PodRuntime::Other(_)) => Action::Admit,
+        (Policy::Default | Policy::Allow | Policy::Deny, PodRuntime::Other(_)) => Cell::Admit,
     }
 }
 
@@ -166,9 +125,9 @@ mod tests {
         BTreeMap::from([(NAMESPACE_POLICY_LABEL.to_string(), value.to_string())])
     }
 
-    fn cell(policy: &str, runtime: PodRuntime) -> Action {
+    fn labelled_cell(policy: &str, runtime: PodRuntime) -> Cell {
         let eff = resolve("ns", Some(&labelled(policy)), "allow").expect("valid policy");
-        decide("ns", eff, &runtime)
+        cell("ns", eff, &runtime)
     }
 
     fn kata() -> PodRuntime {
@@ -181,9 +140,9 @@ mod tests {
 
     #[test]
     fn require_row_injects_admits_kata_and_denies_other_runtimes() {
-        assert_eq!(cell("require", PodRuntime::None), Action::Inject);
-        assert_eq!(cell("require", kata()), Action::Admit);
-        let Action::Deny(msg) = cell("require", other()) else {
+        assert_eq!(labelled_cell("require", PodRuntime::None), Cell::Inject);
+        assert_eq!(labelled_cell("require", kata()), Cell::Admit);
+        let Cell::Deny(msg) = labelled_cell("require", other()) else {
             panic!("require must deny another RuntimeClass")
         };
         assert!(msg.contains("every pod must run with kata"), "{msg}");
@@ -196,23 +155,23 @@ mod tests {
 
     #[test]
     fn default_row_injects_and_admits_everything_named() {
-        assert_eq!(cell("default", PodRuntime::None), Action::Inject);
-        assert_eq!(cell("default", kata()), Action::Admit);
-        assert_eq!(cell("default", other()), Action::Admit);
+        assert_eq!(labelled_cell("default", PodRuntime::None), Cell::Inject);
+        assert_eq!(labelled_cell("default", kata()), Cell::Admit);
+        assert_eq!(labelled_cell("default", other()), Cell::Admit);
     }
 
     #[test]
     fn allow_row_changes_nothing() {
-        assert_eq!(cell("allow", PodRuntime::None), Action::Admit);
-        assert_eq!(cell("allow", kata()), Action::Admit);
-        assert_eq!(cell("allow", other()), Action::Admit);
+        assert_eq!(labelled_cell("allow", PodRuntime::None), Cell::Admit);
+        assert_eq!(labelled_cell("allow", kata()), Cell::Admit);
+        assert_eq!(labelled_cell("allow", other()), Cell::Admit);
     }
 
     #[test]
     fn deny_row_refuses_only_kata() {
-        assert_eq!(cell("deny", PodRuntime::None), Action::Admit);
-        assert_eq!(cell("deny", other()), Action::Admit);
-        let Action::Deny(msg) = cell("deny", kata()) else {
+        assert_eq!(labelled_cell("deny", PodRuntime::None), Cell::Admit);
+        assert_eq!(labelled_cell("deny", other()), Cell::Admit);
+        let Cell::Deny(msg) = labelled_cell("deny", kata()) else {
             panic!("deny must refuse kata pods")
         };
         assert!(msg.contains("may not use the kata RuntimeClass"), "{msg}");
@@ -231,7 +190,7 @@ mod tests {
             assert_eq!(eff.source, Source::ClusterDefault);
         }
         let eff = resolve("ns", Some(&BTreeMap::new()), "deny").expect("valid");
-        let Action::Deny(msg) = decide("ns", eff, &kata()) else {
+        let Cell::Deny(msg) = cell("ns", eff, &kata()) else {
             panic!("cluster default deny refuses kata")
         };
         assert!(

@@ -24,17 +24,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::cache::Caches;
-use super::policy::{OPENSHIFT_PREFIX, Policy, RUN_LEVEL_LABEL, SYSTEM_NAMESPACES};
+use super::policy::{OPENSHIFT_PREFIX, RUN_LEVEL_LABEL, SYSTEM_NAMESPACES};
 use crate::api::KataConfig;
+use crate::api::NamespacePolicy as Policy;
+use crate::cache::ClusterCache;
 use crate::certs::CertStore;
+use crate::kubeapi::{self, REQUEST_TIMEOUT};
 use crate::names::{
-    FIELD_MANAGER, GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MUTATE_POD_PATH,
-    NAMESPACE_POLICY_LABEL, VALIDATE_KATACONFIG_PATH, VALIDATE_POD_PATH,
+    GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MUTATE_POD_PATH, NAMESPACE_POLICY_LABEL,
+    VALIDATE_KATACONFIG_PATH, VALIDATE_POD_PATH,
 };
 
 pub const KATACONFIG_VWC: &str = "sandboxed-containers-operator-kataconfig";
@@ -321,31 +323,14 @@ pub struct RegistrationConfig {
     pub resync: Duration,
 }
 
-async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> anyhow::Result<()>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn delete_if_present<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(name, "pod webhooks removed: no active KataConfig");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+    if kubeapi::delete_ignoring_404(api, name, REQUEST_TIMEOUT).await? {
+        info!(name, "pod webhooks removed: no KataConfig in force");
     }
+    Ok(())
 }
 
 /// One pass: desired configurations applied (or pod webhooks removed when no KataConfig is
@@ -353,7 +338,7 @@ where
 pub async fn reconcile_once(
     client: &kube::Client,
     cfg: &RegistrationConfig,
-    caches: &Caches,
+    cache: &ClusterCache,
     certs: &CertStore,
 ) -> anyhow::Result<String> {
     let ca = certs.ca_bundle();
@@ -361,9 +346,9 @@ pub async fn reconcile_once(
     let vwc_api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let mwc_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let kc_vwc = kataconfig_webhook(&cfg.target, ca.as_deref(), owner);
-    apply(&vwc_api, KATACONFIG_VWC, &kc_vwc).await?;
+    kubeapi::apply(&vwc_api, &kc_vwc, REQUEST_TIMEOUT).await?;
     let mut fingerprint = serde_json::to_string(&kc_vwc)?;
-    match caches.active_kataconfig() {
+    match cache.kata_config_in_force() {
         Some(kc) => {
             let (m, v) = pod_webhooks(
                 &cfg.target,
@@ -372,8 +357,8 @@ pub async fn reconcile_once(
                 &cfg.operator_namespace,
                 kc.spec.default_namespace_policy(),
             );
-            apply(&mwc_api, POD_WEBHOOKS, &m).await?;
-            apply(&vwc_api, POD_WEBHOOKS, &v).await?;
+            kubeapi::apply(&mwc_api, &m, REQUEST_TIMEOUT).await?;
+            kubeapi::apply(&vwc_api, &v, REQUEST_TIMEOUT).await?;
             fingerprint.push_str(&serde_json::to_string(&(m, v))?);
         }
         None => {
@@ -392,9 +377,9 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn of(caches: &Caches, certs: &CertStore) -> Inputs {
+    fn of(cache: &ClusterCache, certs: &CertStore) -> Inputs {
         Inputs {
-            kataconfig: caches.active_kataconfig().map(|kc| {
+            kataconfig: cache.kata_config_in_force().map(|kc| {
                 (
                     kc.metadata.uid.clone().unwrap_or_default(),
                     kc.spec.default_namespace_policy().to_string(),
@@ -410,24 +395,25 @@ impl Inputs {
 pub async fn run(
     client: kube::Client,
     cfg: RegistrationConfig,
-    caches: Caches,
+    cache: ClusterCache,
     certs: Arc<CertStore>,
     shutdown: CancellationToken,
 ) {
     let mut cert_changes = certs.subscribe();
+    let mut changes = cache.subscribe();
     let mut last: Option<(String, Instant)> = None;
     let mut applied_inputs: Option<(Inputs, Instant)> = None;
     loop {
         // KataConfig status updates arrive often during an install; re-apply only when what the
         // configurations depend on changed, or on the periodic resync (which repairs edits).
-        let inputs = Inputs::of(&caches, &certs);
+        let inputs = Inputs::of(&cache, &certs);
         let fresh = applied_inputs
             .as_ref()
             .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
         let wait = if fresh {
             cfg.resync
         } else {
-            match reconcile_once(&client, &cfg, &caches, &certs).await {
+            match reconcile_once(&client, &cfg, &cache, &certs).await {
                 Ok(fp) => {
                     if last.as_ref().map(|(f, _)| f) != Some(&fp) {
                         info!("webhook configurations applied");
@@ -444,7 +430,8 @@ pub async fn run(
             }
         };
         tokio::select! {
-            () = caches.changed.notified() => {}
+            // The configurations follow the KataConfig in force; re-checking costs no API call.
+            _ = changes.recv(), if !changes.is_closed() => {}
             r = cert_changes.changed() => { if r.is_err() { return; } }
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
@@ -642,10 +629,10 @@ mod tests {
 
         type Mock = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-        fn setup(active: bool) -> (kube::Client, Mock, Caches, Arc<CertStore>) {
+        fn setup(active: bool) -> (kube::Client, Mock, ClusterCache, Arc<CertStore>) {
             let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = kube::Client::new(svc, "default");
-            let (caches, mut w) = Caches::new();
+            let (caches, mut w) = ClusterCache::new();
             let kcs = if active {
                 vec![samples::kataconfig("require")]
             } else {

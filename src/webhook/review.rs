@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::metrics::Metrics;
+use crate::observability::Metrics;
 
 /// Largest accepted request body. The API server stores objects up to ~1.5 MiB and a review
 /// carries `object` and `oldObject`, so 4 MiB fits every legitimate request.

@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 
-use super::cache::CacheWriters;
 use crate::api::{KataConfig, KataConfigStatus};
+use crate::cache::CacheWriters;
 use crate::names::{KATA_ROLE_LABEL, NAMESPACE_POLICY_LABEL, WORKER_ROLE_LABEL};
 
 pub const POLICY_NAMESPACES: [(&str, &str); 4] = [

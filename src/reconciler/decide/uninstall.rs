@@ -14,14 +14,14 @@ use crate::names::{
 use crate::plan::Topology;
 use crate::plan::progress::{self, ProgressInput};
 
-use super::decide::{
-    Action, Decision, Kind, Outcome, degraded_condition, finish, pool_render, progress_message,
-};
-use super::events::{EventSpec, UNINSTALLED};
-use super::observe::Observed;
-use super::status::{self, IN_PROGRESS, READY, Wanted, reason};
+use super::finish;
+use super::report::{Report, degraded_condition, pool_render, progress_message};
+use crate::reconciler::action::{Action, Decision, Kind, Outcome};
+use crate::reconciler::events::{EventSpec, UNINSTALLED};
+use crate::reconciler::observe::Observed;
+use crate::reconciler::status::{self, IN_PROGRESS, READY, Wanted, reason};
 
-pub fn decide(obs: &Observed) -> Decision {
+pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
     let kc = &obs.kata_config;
     let old = kc.status.clone().unwrap_or_default();
     let mut managed: Vec<&str> = old.runtime_classes.iter().map(String::as_str).collect();
@@ -33,18 +33,19 @@ pub fn decide(obs: &Observed) -> Decision {
 
     let Some(pods) = &obs.pods else {
         let msg = "uninstalling: checking for pods that still use kata";
+        let report = Report {
+            runtime_classes: old.runtime_classes.clone(),
+            kata_nodes: old.kata_nodes.clone(),
+            conditions: vec![
+                Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg),
+                Wanted::new(READY, false, reason::UNINSTALLING, msg),
+            ],
+        };
         return finish(
             obs,
             Outcome::Uninstalling,
             Vec::new(),
-            Some((
-                old.runtime_classes.clone(),
-                old.kata_nodes.clone(),
-                vec![
-                    Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg),
-                    Wanted::new(READY, false, reason::UNINSTALLING, msg),
-                ],
-            )),
+            Some(report),
             Vec::new(),
         );
     };
@@ -66,21 +67,16 @@ pub fn decide(obs: &Observed) -> Decision {
             status::name_list(&blocking, 20)
         );
         let prog = classify(obs, topology);
-        return finish(
-            obs,
-            Outcome::Blocked,
-            Vec::new(),
-            Some((
-                old.runtime_classes.clone(),
-                old.kata_nodes.clone(),
-                vec![
-                    Wanted::new(IN_PROGRESS, false, reason::BLOCKED, msg.clone()),
-                    Wanted::new(READY, false, reason::UNINSTALLING, msg),
-                    degraded_condition(&prog),
-                ],
-            )),
-            Vec::new(),
-        );
+        let report = Report {
+            runtime_classes: old.runtime_classes.clone(),
+            kata_nodes: old.kata_nodes.clone(),
+            conditions: vec![
+                Wanted::new(IN_PROGRESS, false, reason::BLOCKED, msg.clone()),
+                Wanted::new(READY, false, reason::UNINSTALLING, msg),
+                degraded_condition(&prog),
+            ],
+        };
+        return finish(obs, Outcome::Blocked, Vec::new(), Some(report), Vec::new());
     }
 
     let mut actions = Vec::new();
@@ -139,19 +135,20 @@ pub fn decide(obs: &Observed) -> Decision {
         );
     }
     let msg = progress_message(&prog, obs, pool_name, topology, true);
+    let report = Report {
+        runtime_classes: Vec::new(),
+        kata_nodes: prog.nodes.clone(),
+        conditions: vec![
+            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
+            Wanted::new(READY, false, reason::UNINSTALLING, msg),
+            degraded_condition(&prog),
+        ],
+    };
     finish(
         obs,
         Outcome::Uninstalling,
         actions,
-        Some((
-            Vec::new(),
-            prog.nodes.clone(),
-            vec![
-                Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
-                Wanted::new(READY, false, reason::UNINSTALLING, msg),
-                degraded_condition(&prog),
-            ],
-        )),
+        Some(report),
         Vec::new(),
     )
 }
@@ -181,10 +178,10 @@ fn back_on_plain_rendering(obs: &Observed, topology: Topology) -> bool {
 mod tests {
     use super::*;
     use crate::names::{FINALIZER, MCO_CURRENT_CONFIG, MCO_REASON, MCO_STATE};
-    use crate::reconciler::decide::tests::{
-        apply_all, converge, kc, mco_settle, now, observed, worker,
+    use crate::reconciler::decide::decide as decide_any;
+    use crate::reconciler::fixtures::{
+        apply_all, apply_one, converge, kc, mco_settle, now, observed, worker,
     };
-    use crate::reconciler::decide::{Action, Kind, Outcome, decide as decide_any};
     use crate::reconciler::observe::PodInfo;
     use serde_json::json;
 
@@ -351,7 +348,7 @@ mod tests {
                     if done == crash_after {
                         break 'run;
                     }
-                    crate::reconciler::decide::tests::apply_one(&mut obs, a);
+                    apply_one(&mut obs, a);
                     done += 1;
                 }
                 if let Some(s) = &d.status {
@@ -414,7 +411,7 @@ mod tests {
                     if done == crash_after {
                         break 'run;
                     }
-                    crate::reconciler::decide::tests::apply_one(&mut obs, a);
+                    apply_one(&mut obs, a);
                     done += 1;
                 }
                 if let Some(s) = &d.status {

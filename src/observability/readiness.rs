@@ -41,30 +41,6 @@ impl Readiness {
     }
 }
 
-/// Waits until a reflector store has its first full list.
-///
-/// kube's `Store::wait_until_ready` wakes only the most recent of several concurrent waiters (it
-/// keeps a single oneshot receiver), so a readiness task and a reconcile waiting at the same time
-/// could hang forever. Re-polling every 50 ms re-registers each waiter's waker.
-pub async fn store_ready<K>(
-    store: &kube::runtime::reflector::Store<K>,
-) -> Result<(), kube::runtime::reflector::store::WriterDropped>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        if let Ok(result) = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            store.wait_until_ready(),
-        )
-        .await
-        {
-            return result;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,29 +58,5 @@ mod tests {
         assert_eq!(r.check(), Ok(()));
         r.set("webhook", false);
         assert_eq!(r.check(), Err(vec!["webhook"]));
-    }
-
-    #[tokio::test]
-    async fn concurrent_waiters_on_one_store_all_wake() {
-        use k8s_openapi::api::core::v1::Node;
-        use kube::runtime::{reflector, watcher};
-        let (store, mut writer) = reflector::store::<Node>();
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let s = store.clone();
-                tokio::spawn(async move { store_ready(&s).await })
-            })
-            .collect();
-        // Let every waiter register before the store becomes ready.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        for w in waiters {
-            let woke = tokio::time::timeout(std::time::Duration::from_secs(10), w).await;
-            assert!(
-                matches!(woke, Ok(Ok(Ok(())))),
-                "a waiter never woke: {woke:?}"
-            );
-        }
     }
 }

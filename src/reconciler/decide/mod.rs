@@ -1,0 +1,204 @@
+//! The pure decision: from an observed snapshot to the writes to make, the status to report and
+//! the events to publish. No API access, so every scenario is unit-testable; the caller executes
+//! the actions in order and derives nothing else.
+//!
+//! Because the decision depends only on observed state, a crash between any two actions is
+//! harmless: the next reconcile observes what was done and decides the rest.
+//!
+//! [`decide`] dispatches: another KataConfig is active ([`duplicate`]); ours is being deleted
+//! ([`uninstall`]); its spec cannot be acted on ([`invalid`]); otherwise [`install`] (which also
+//! updates and repairs). Every branch ends in [`finish`], with a [`Report`] of the status it wants.
+
+mod install;
+mod report;
+mod uninstall;
+
+use kube::ResourceExt;
+
+use crate::api::KataConfigStatus;
+use crate::plan::{self, SpecError};
+
+use super::action::{Action, Decision, Outcome};
+use super::events::{self, EventSpec};
+use super::observe::Observed;
+use super::status::{self, DEGRADED, IN_PROGRESS, READY, Wanted, reason};
+
+pub use report::Report;
+
+/// The decision for one KataConfig.
+pub fn decide(obs: &Observed) -> Decision {
+    let kc = &obs.kata_config;
+    if obs.active.as_deref() != Some(kc.name_any().as_str()) {
+        return duplicate(obs, kc.is_being_deleted());
+    }
+    if kc.is_being_deleted() {
+        return if kc.has_finalizer() {
+            uninstall::decide_uninstall(obs)
+        } else {
+            finish(obs, Outcome::Gone, Vec::new(), None, Vec::new())
+        };
+    }
+    match plan::desired_state(kc, &obs.nodes) {
+        Ok(desired) => install::decide_install(obs, desired),
+        Err(e) => invalid(obs, &e),
+    }
+}
+
+/// Status, events and the "unchanged → no write" rule, shared by every branch. Without a
+/// report the status is left as it is (the object is going away).
+fn finish(
+    obs: &Observed,
+    outcome: Outcome,
+    actions: Vec<Action>,
+    report: Option<Report>,
+    mut extra_events: Vec<EventSpec>,
+) -> Decision {
+    let kc = &obs.kata_config;
+    let old = kc.status.clone().unwrap_or_default();
+    let Some(report) = report else {
+        return Decision {
+            outcome,
+            actions,
+            status: None,
+            reported: None,
+            events: extra_events,
+        };
+    };
+    let conditions = status::merge(
+        &old.conditions,
+        &report.conditions,
+        kc.metadata.generation,
+        &obs.now,
+    );
+    let mut events = events::transitions(&old.conditions, &conditions);
+    events.append(&mut extra_events);
+    let status = KataConfigStatus {
+        runtime_classes: report.runtime_classes,
+        kata_nodes: report.kata_nodes,
+        conditions,
+    };
+    Decision {
+        outcome,
+        actions,
+        status: (status != old).then(|| status.clone()),
+        reported: Some(status),
+        events,
+    }
+}
+
+fn duplicate(obs: &Observed, deleting: bool) -> Decision {
+    let kc = &obs.kata_config;
+    if deleting {
+        // We never acted for it; never keep it from going away.
+        let actions = if kc.has_finalizer() {
+            vec![Action::RemoveFinalizer]
+        } else {
+            Vec::new()
+        };
+        return finish(obs, Outcome::Duplicate, actions, None, Vec::new());
+    }
+    let active = obs.active.clone().unwrap_or_default();
+    let msg = format!(
+        "only one KataConfig is allowed per cluster: {active:?} is the active one, so this one is ignored; delete it (or edit {active:?} instead)"
+    );
+    let wanted = vec![
+        Wanted::new(IN_PROGRESS, false, reason::DUPLICATE, msg.clone()),
+        Wanted::new(READY, false, reason::DUPLICATE, msg),
+        Wanted::new(
+            DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "this KataConfig is not acted on",
+        ),
+    ];
+    let report = Report {
+        runtime_classes: Vec::new(),
+        kata_nodes: Default::default(),
+        conditions: wanted,
+    };
+    finish(
+        obs,
+        Outcome::Duplicate,
+        Vec::new(),
+        Some(report),
+        Vec::new(),
+    )
+}
+
+fn invalid(obs: &Observed, e: &SpecError) -> Decision {
+    let old = obs.kata_config.status.clone().unwrap_or_default();
+    let msg = format!("the spec cannot be acted on, fix it and the install resumes: {e}");
+    let mut wanted = vec![
+        Wanted::new(IN_PROGRESS, false, reason::INVALID_SPEC, msg.clone()),
+        Wanted::new(READY, false, reason::INVALID_SPEC, msg),
+    ];
+    if status::find(&old.conditions, DEGRADED).is_none() {
+        wanted.push(Wanted::new(
+            DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "no kata node is degraded",
+        ));
+    }
+    // Nothing is changed in the cluster: what is installed stays as it is until the spec is fixed.
+    let report = Report {
+        runtime_classes: old.runtime_classes,
+        kata_nodes: old.kata_nodes,
+        conditions: wanted,
+    };
+    finish(
+        obs,
+        Outcome::InvalidSpec,
+        Vec::new(),
+        Some(report),
+        Vec::new(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::FINALIZER;
+    use crate::reconciler::fixtures::{cond, kc, now, observed, three_workers};
+    use serde_json::json;
+
+    #[test]
+    fn invalid_spec_is_a_condition_and_touches_nothing() {
+        let mut obs = observed(
+            kc(
+                json!({"kataConfigPoolSelector": {"matchExpressions": [{"key": "zone", "operator": "In"}]}}),
+            ),
+            three_workers(),
+        );
+        obs.kata_config.spec.log_level = "loud".into();
+        let d = decide(&obs);
+        assert_eq!(d.outcome, Outcome::InvalidSpec);
+        assert!(d.actions.is_empty());
+        let msg = &cond(&d, READY).message;
+        assert!(msg.contains("spec.logLevel"), "{msg}");
+        assert!(msg.contains("fix it and the install resumes"), "{msg}");
+        assert_eq!(cond(&d, IN_PROGRESS).reason, reason::INVALID_SPEC);
+        assert!(
+            d.events
+                .iter()
+                .any(|e| e.reason == reason::INVALID_SPEC && e.warning)
+        );
+    }
+
+    #[test]
+    fn a_second_kata_config_is_told_which_one_is_active_and_nothing_else() {
+        let mut obs = observed(kc(json!({})), three_workers());
+        obs.active = Some("first".into());
+        let d = decide(&obs);
+        assert_eq!(d.outcome, Outcome::Duplicate);
+        assert!(d.actions.is_empty(), "no finalizer, no objects");
+        let msg = &cond(&d, READY).message;
+        assert!(msg.contains("\"first\" is the active one"), "{msg}");
+        assert_eq!(cond(&d, IN_PROGRESS).reason, reason::DUPLICATE);
+        // Deleting a duplicate that somehow carries our finalizer only drops it.
+        obs.kata_config.metadata.deletion_timestamp = Some(now());
+        obs.kata_config.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let d = decide(&obs);
+        assert_eq!(d.actions, [Action::RemoveFinalizer]);
+    }
+}
