@@ -30,6 +30,10 @@ fi
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> no import cycles in src/"
+python3 hack/check-import-cycles.py src file
+python3 hack/check-import-cycles.py src top
+
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 

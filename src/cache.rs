@@ -280,7 +280,7 @@ where
             let fire = match ev {
                 Ok(ev) => changes.observe(&ev, fp),
                 Err(e) => {
-                    let category = crate::reconciler::error::watch_error_category(&e);
+                    let category = crate::kubeapi::watch_error_category(&e);
                     metrics
                         .api_errors
                         .with_label_values(&[category.as_str()])

@@ -1,7 +1,7 @@
 //! The write helpers every part of the operator uses (reconciler, webhook registration,
 //! certificate Secret), so writes behave the same everywhere: server-side apply under the one
 //! field manager, forced; every call bounded in time; a delete of something already gone is
-//! success.
+//! success. And one classification of API errors for requeues, metrics and logs.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +15,73 @@ use crate::names::FIELD_MANAGER;
 
 /// Longest any single request to the API server may take before the caller gives up on it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Low-cardinality class of an error, for the requeue policy, the
+/// `kata_operator_api_errors_total{category}` label and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// 403: the operator's RBAC lacks a verb (never transient).
+    Forbidden,
+    NotFound,
+    Conflict,
+    /// 429: the API server asks us to slow down.
+    Throttled,
+    /// 5xx.
+    Server,
+    /// Any other 4xx.
+    Client,
+    /// The connection failed before an answer.
+    Transport,
+    Timeout,
+    /// A watch cache has not synced.
+    Cache,
+    /// Our own bug (serialization).
+    Internal,
+    /// A watch stream failed in a way that is not an API answer.
+    Watch,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Forbidden => "forbidden",
+            Category::NotFound => "not_found",
+            Category::Conflict => "conflict",
+            Category::Throttled => "throttled",
+            Category::Server => "server",
+            Category::Client => "client",
+            Category::Transport => "transport",
+            Category::Timeout => "timeout",
+            Category::Cache => "cache",
+            Category::Internal => "internal",
+            Category::Watch => "watch",
+        }
+    }
+}
+
+/// Category of a kube client error: the HTTP class for API answers, `transport` otherwise.
+pub fn kube_category(e: &kube::Error) -> Category {
+    match e {
+        kube::Error::Api(status) => match status.code {
+            403 => Category::Forbidden,
+            404 => Category::NotFound,
+            409 => Category::Conflict,
+            429 => Category::Throttled,
+            500..=599 => Category::Server,
+            _ => Category::Client,
+        },
+        _ => Category::Transport,
+    }
+}
+
+/// Category of a watch failure (the API answer inside it, if any).
+pub fn watch_error_category(e: &kube::runtime::watcher::Error) -> Category {
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => kube_category(k),
+        _ => Category::Watch,
+    }
+}
 
 /// An API call that failed: the server's (or the connection's) error, or no answer in time.
 #[derive(Debug, thiserror::Error)]

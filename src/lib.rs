@@ -1,13 +1,27 @@
 //! Sandboxed containers operator: installs and governs Kata Containers on OpenShift/Kubernetes.
 //!
-//! Where to find things:
-//! - `api`: the `KataConfig` CRD types and typed MCO models;
-//! - `names`: every label, name, port and path of the external contract;
-//! - `selector`: label-selector validation and matching (shared by webhook, reconciler, render);
-//! - `plan`: the pure core: node selection, desired objects, node-by-node progress;
-//! - `crdgen`: the CRD YAML generated from the types;
-//! - `render`: the offline planner behind `sandboxed-containers-operator render`;
-//! - `cli`: command-line definitions.
+//! The map of the crate, in the order a KataConfig travels through it:
+//!
+//! | module | what | depends on |
+//! |---|---|---|
+//! | [`names`] | every label, name, port and path of the external contract | — |
+//! | [`api`] | the `KataConfig` types (and the one "active KataConfig" rule), the MCO models, the namespace policy values | `names` |
+//! | [`selector`] | label-selector validation (API-server rules, field paths) and matching | — |
+//! | [`plan`] | the pure core: node model and selection, every desired object, node-by-node progress | `api`, `selector` |
+//! | [`cache`] | the process's one watch per shared kind (Nodes, RuntimeClasses, KataConfigs, Namespaces) | `api`, `plan`, `kubeapi` |
+//! | [`reconciler`] | observe → decide (pure) → apply (SSA) → status, events, classified errors | `cache`, `plan`, `kubeapi` |
+//! | [`webhook`] | admission: pure decisions behind a thin HTTP layer; registration of its configurations | `cache`, `certs`, `server` |
+//! | [`certs`] | the self-managed CA and serving certificate, or `--cert-dir` files | `kubeapi` |
+//! | [`observability`] | metric registry and `/metrics` (TokenReview/SAR), readiness and health, logging, signals | `server` |
+//! | [`leader`] | Lease leader election | `observability` |
+//! | [`kubeapi`] | the shared write helpers (SSA, delete ignoring 404, timeouts) and API error classes | `names` |
+//! | [`server`] | the TLS/plain HTTP server with graceful drain every listener uses | — |
+//! | [`run`] | `run`: every part under one shutdown signal | all of the above |
+//! | [`crdgen`], [`render`], [`packaging`] | the CRD from the types; the offline planner; the OLM bundle and `deploy/` | `api`, `plan` |
+//! | [`cli`] | command-line definitions | `names` |
+//!
+//! No module imports another in a circle (`hack/check-import-cycles.py` holds that in CI).
+//! Test-only code (the bundle checker, fixtures, the in-memory API server) is not here.
 
 pub mod api;
 pub mod cache;

@@ -37,6 +37,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// A part of the process: its name (for logs) and the future that runs it to the end.
+type Part = (&'static str, BoxFuture<'static, anyhow::Result<()>>);
+
 /// Runs every enabled part against `client` until `shutdown` (tests drive this in-process).
 pub async fn run_with(
     client: kube::Client,
@@ -46,37 +49,22 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let certs = CertStore::new(Some(metrics.clone()));
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
-    let leader_config = leader_config(args.lease_duration_seconds);
-
     // One watch per shared kind, read by the reconciler and the webhooks alike.
     let cluster = (!args.disable_controller || !args.disable_webhooks)
         .then(|| ClusterCache::start(client.clone(), metrics.clone(), shutdown.clone()));
 
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let spawn = |tasks: &mut JoinSet<_>,
-                 name: &'static str,
-                 fut: BoxFuture<'static, anyhow::Result<()>>| {
-        tasks.spawn(async move { (name, fut.await) });
-    };
-
+    let mut parts: Vec<Part> = Vec::new();
     let health = bind(args.health_bind, "health").await?;
-    spawn(
-        &mut tasks,
+    parts.push((
         "health",
         Box::pin({
             let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
             async move { Ok(observability::serve_health(health, readiness, shutdown).await?) }
         }),
-    );
-
+    ));
     if let Some(cluster) = cluster.clone().filter(|_| !args.disable_webhooks) {
         let config = crate::webhook::Config::from_run_args(&args, certs.clone())?;
-        spawn(
-            &mut tasks,
+        parts.push((
             "webhook",
             Box::pin(crate::webhook::run(
                 client.clone(),
@@ -86,80 +74,102 @@ pub async fn run_with(
                 readiness.clone(),
                 shutdown.clone(),
             )),
-        );
+        ));
     }
-
     if !args.disable_metrics {
         let listener = bind(args.metrics_bind, "metrics").await?;
-        let security = if args.metrics_insecure {
-            MetricsSecurity::Insecure
-        } else {
-            if args.disable_webhooks && args.cert_dir.is_none() {
-                anyhow::bail!(
-                    "secure metrics need a serving certificate: keep the webhooks enabled, pass --cert-dir, or use --metrics-insecure"
-                );
-            }
-            MetricsSecurity::Secure {
-                tls: crate::server::tls_config(certs.resolver()),
-                authorizer: observability::kube_authorizer(client.clone(), AUTH_CACHE_TTL),
-            }
-        };
+        let security = metrics_security(&args, &client, &certs)?;
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-        spawn(
-            &mut tasks,
+        parts.push((
             "metrics",
             Box::pin(async move {
                 Ok(observability::serve_metrics(listener, metrics, security, shutdown).await?)
             }),
-        );
+        ));
     }
-
     if let Some(cluster) = cluster.filter(|_| !args.disable_controller) {
-        let (client, metrics, readiness, namespace) = (
-            client.clone(),
-            metrics.clone(),
-            readiness.clone(),
-            args.namespace.clone(),
-        );
-        let no_leader_elect = args.no_leader_elect;
-        let pod_name = args.identity.clone();
-        let shutdown = shutdown.clone();
-        spawn(
-            &mut tasks,
+        parts.push((
             "controller",
-            Box::pin(async move {
-                let config = crate::reconciler::Config {
-                    instance: pod_name,
-                    ..Default::default()
-                };
-                if no_leader_elect {
-                    return crate::reconciler::run(
-                        client, cluster, config, metrics, readiness, shutdown,
-                    )
-                    .await;
-                }
-                let lead = {
-                    let (client, metrics, readiness) =
-                        (client.clone(), metrics.clone(), readiness.clone());
-                    move |leading: CancellationToken| {
-                        crate::reconciler::run(client, cluster, config, metrics, readiness, leading)
-                    }
-                };
-                crate::leader::run_with_config(
-                    client,
-                    &namespace,
-                    identity,
-                    leader_config,
-                    metrics,
-                    shutdown,
-                    lead,
-                )
-                .await
-            }),
+            Box::pin(controller(
+                client,
+                cluster,
+                args.clone(),
+                metrics,
+                readiness,
+                shutdown.clone(),
+            )),
+        ));
+    }
+    info!(namespace = %args.namespace, "operator started");
+    supervise(parts, shutdown).await
+}
+
+/// HTTPS with TokenReview/SubjectAccessReview (serving the webhook certificate), or plain HTTP
+/// with `--metrics-insecure`.
+fn metrics_security(
+    args: &RunArgs,
+    client: &kube::Client,
+    certs: &Arc<CertStore>,
+) -> anyhow::Result<MetricsSecurity> {
+    if args.metrics_insecure {
+        return Ok(MetricsSecurity::Insecure);
+    }
+    if args.disable_webhooks && args.cert_dir.is_none() {
+        anyhow::bail!(
+            "secure metrics need a serving certificate: keep the webhooks enabled, pass --cert-dir, or use --metrics-insecure"
         );
     }
+    Ok(MetricsSecurity::Secure {
+        tls: crate::server::tls_config(certs.resolver()),
+        authorizer: observability::kube_authorizer(client.clone(), AUTH_CACHE_TTL),
+    })
+}
 
-    info!(namespace = %args.namespace, "operator started");
+/// The reconciler, under leader election unless `--no-leader-elect`.
+async fn controller(
+    client: kube::Client,
+    cluster: ClusterCache,
+    args: RunArgs,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = crate::reconciler::Config {
+        instance: args.identity.clone(),
+        ..Default::default()
+    };
+    if args.no_leader_elect {
+        return crate::reconciler::run(client, cluster, config, metrics, readiness, shutdown).await;
+    }
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", crate::names::FIELD_MANAGER, std::process::id()));
+    let lead = {
+        let (client, metrics, readiness) = (client.clone(), metrics.clone(), readiness.clone());
+        move |leading: CancellationToken| {
+            crate::reconciler::run(client, cluster, config, metrics, readiness, leading)
+        }
+    };
+    crate::leader::run_with_config(
+        client,
+        &args.namespace,
+        identity,
+        leader_config(args.lease_duration_seconds),
+        metrics,
+        shutdown,
+        lead,
+    )
+    .await
+}
+
+/// Runs the parts until all have stopped. Any part failing, or ending before shutdown, stops the
+/// others; the first failure is the process's error.
+async fn supervise(parts: Vec<Part>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    for (name, fut) in parts {
+        tasks.spawn(async move { (name, fut.await) });
+    }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let (name, result) = match joined {

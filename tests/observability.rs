@@ -22,7 +22,7 @@ use sandboxed_containers_operator::api::KataNodesStatus;
 use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::observability::{
-    AuthError, Authorizer, BearerToken, CachedAuthorizer, Decision, KubeAuthorizer,
+    AccessDecision, AuthError, Authorizer, BearerToken, CachedAuthorizer, KubeAuthorizer,
     MetricsSecurity, UserInfo, kube_authorizer, serve_health, serve_metrics, shutdown_on_signal,
 };
 use serde_json::{Value, json};
@@ -165,7 +165,10 @@ impl InMemoryAuthorizer {
 }
 
 impl Authorizer for InMemoryAuthorizer {
-    fn review<'a>(&'a self, token: &'a BearerToken) -> BoxFuture<'a, Result<Decision, AuthError>> {
+    fn review<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if token.secret() == BROKEN_TOKEN {
@@ -174,12 +177,12 @@ impl Authorizer for InMemoryAuthorizer {
                 ));
             }
             Ok(match self.tokens.get(token.secret()) {
-                Some((user, true)) => Decision::Allowed { user: user.clone() },
-                Some((user, false)) => Decision::Forbidden {
+                Some((user, true)) => AccessDecision::Allowed { user: user.clone() },
+                Some((user, false)) => AccessDecision::Forbidden {
                     user: user.clone(),
                     reason: "no RBAC policy matched".into(),
                 },
-                None => Decision::Unauthenticated {
+                None => AccessDecision::Unauthenticated {
                     reason: "the API server rejected the token: invalid bearer token".into(),
                 },
             })
@@ -191,7 +194,10 @@ impl Authorizer for InMemoryAuthorizer {
 struct Shared(Arc<InMemoryAuthorizer>);
 
 impl Authorizer for Shared {
-    fn review<'a>(&'a self, token: &'a BearerToken) -> BoxFuture<'a, Result<Decision, AuthError>> {
+    fn review<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
         self.0.review(token)
     }
 }
@@ -789,7 +795,7 @@ async fn kube_authorizer_sends_token_review_then_subject_access_review() {
     let decision = authorizer.review(&token).await.expect("review");
     assert_eq!(
         decision,
-        Decision::Allowed {
+        AccessDecision::Allowed {
             user: expected_user()
         }
     );
@@ -829,7 +835,7 @@ async fn kube_authorizer_reports_subject_access_review_denial() {
     verifier.await.expect("verifier");
     assert_eq!(
         decision,
-        Decision::Forbidden {
+        AccessDecision::Forbidden {
             user: expected_user(),
             reason: "no RBAC policy matched".into()
         }
@@ -862,7 +868,7 @@ async fn kube_authorizer_reports_unauthenticated_token_without_asking_for_access
         .expect("review");
     assert_eq!(
         decision,
-        Decision::Unauthenticated {
+        AccessDecision::Unauthenticated {
             reason: "the API server rejected the token: [invalid bearer token, service account token has expired]".into()
         }
     );

@@ -226,22 +226,29 @@ pub fn plan(
             recheck_in: l.propagation,
         });
     }
+    renew_serving(material, serving.as_ref(), newest_ca, hosts, now, l)
+}
+
+/// The CA is fine: renew the serving certificate when it is unusable, does not cover the hosts,
+/// or is due (once the newest CA had time to be trusted everywhere); otherwise say when to look
+/// again.
+fn renew_serving(
+    mut material: CertMaterial,
+    serving: Option<&super::CertInfo>,
+    newest_ca: &super::CertInfo,
+    hosts: &[String],
+    now: i64,
+    l: &Lifetimes,
+) -> Result<Plan, CertError> {
     let newest_age = now - newest_ca.not_before - secs(BACKDATE);
     let propagated = newest_age >= secs(l.propagation);
-    let hosts_ok = serving
-        .as_ref()
-        .is_some_and(|s| hosts.iter().all(|h| s.sans.contains(h)));
-    let usable = serving
-        .as_ref()
-        .is_some_and(|s| s.not_before <= now && s.not_after > now);
+    let hosts_ok = serving.is_some_and(|s| hosts.iter().all(|h| s.sans.contains(h)));
+    let usable = serving.is_some_and(|s| s.not_before <= now && s.not_after > now);
     let (renew, reason) = if !usable {
         (true, "serving certificate missing, invalid or expired")
     } else if !hosts_ok {
         (true, "serving certificate does not cover the webhook host")
-    } else if serving
-        .as_ref()
-        .is_some_and(|s| s.not_after - now <= secs(l.cert_renew_before))
-    {
+    } else if serving.is_some_and(|s| s.not_after - now <= secs(l.cert_renew_before)) {
         // Due, but wait until the newest CA is trusted everywhere while the old cert still works.
         (propagated, "serving certificate renewed before expiry")
     } else {
@@ -249,7 +256,7 @@ pub fn plan(
     };
     let recheck = |until: i64| Duration::from_secs(u64::try_from(until.max(1)).unwrap_or(1));
     if !renew {
-        let next = match &serving {
+        let next = match serving {
             Some(s) if !propagated && s.not_after - now <= secs(l.cert_renew_before) => {
                 secs(l.propagation) - newest_age
             }

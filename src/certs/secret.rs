@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::CertStore;
 use super::issue::{CA_CRT, CA_KEY, CertMaterial, Lifetimes, TLS_CRT, TLS_KEY, plan};
+use crate::kubeapi::{CallError, REQUEST_TIMEOUT, bounded};
 use crate::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// Name of the Secret holding the webhook CA and serving certificate.
@@ -81,8 +82,8 @@ fn install(store: &CertStore, m: &CertMaterial, name: &str) {
     }
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+fn is_conflict(e: &CallError) -> bool {
+    matches!(e, CallError::Kube(kube::Error::Api(s)) if s.code == 409)
 }
 
 /// One pass: read, rotate if needed, install. Returns when to look again.
@@ -91,7 +92,7 @@ pub async fn reconcile_once(
     cfg: &SecretConfig,
     store: &CertStore,
 ) -> anyhow::Result<Duration> {
-    let existing = api.get_opt(&cfg.name).await?;
+    let existing = bounded(REQUEST_TIMEOUT, api.get_opt(&cfg.name)).await?;
     let current = existing.as_ref().and_then(material_from_secret);
     let now = jiff::Timestamp::now().as_second();
     let p = plan(current.as_ref(), &cfg.hosts, now, &cfg.lifetimes)?;
@@ -117,13 +118,16 @@ pub async fn reconcile_once(
                 data: Some(secret_data(&new)),
                 ..Default::default()
             };
-            api.create(&PostParams::default(), &secret).await
+            bounded(REQUEST_TIMEOUT, api.create(&PostParams::default(), &secret)).await
         }
         Some(mut secret) => {
             // Replace carries the resourceVersion we read: optimistic concurrency between replicas.
             secret.data = Some(secret_data(&new));
-            api.replace(&cfg.name, &PostParams::default(), &secret)
-                .await
+            bounded(
+                REQUEST_TIMEOUT,
+                api.replace(&cfg.name, &PostParams::default(), &secret),
+            )
+            .await
         }
     };
     match result {

@@ -98,7 +98,7 @@ impl UserInfo {
 
 /// The answer for one token: may its holder `get` `/metrics`?
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum AccessDecision {
     Allowed {
         user: UserInfo,
     },
@@ -126,7 +126,10 @@ pub enum AuthError {
 /// Decides whether a bearer token may read `/metrics`. Implemented against the API server
 /// (`KubeAuthorizer`), by the cache (`CachedAuthorizer`) and by in-memory fakes in tests.
 pub trait Authorizer: Send + Sync {
-    fn review<'a>(&'a self, token: &'a BearerToken) -> BoxFuture<'a, Result<Decision, AuthError>>;
+    fn review<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<AccessDecision, AuthError>>;
 }
 
 /// `TokenReview` (`authentication.k8s.io/v1`) then `SubjectAccessReview`
@@ -229,15 +232,18 @@ impl KubeAuthorizer {
 }
 
 impl Authorizer for KubeAuthorizer {
-    fn review<'a>(&'a self, token: &'a BearerToken) -> BoxFuture<'a, Result<Decision, AuthError>> {
+    fn review<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
         Box::pin(async move {
             let user = match self.authenticate(token).await? {
                 Ok(user) => user,
-                Err(reason) => return Ok(Decision::Unauthenticated { reason }),
+                Err(reason) => return Ok(AccessDecision::Unauthenticated { reason }),
             };
             match self.authorize(&user).await? {
-                Ok(()) => Ok(Decision::Allowed { user }),
-                Err(reason) => Ok(Decision::Forbidden { user, reason }),
+                Ok(()) => Ok(AccessDecision::Allowed { user }),
+                Err(reason) => Ok(AccessDecision::Forbidden { user, reason }),
             }
         })
     }
@@ -245,7 +251,7 @@ impl Authorizer for KubeAuthorizer {
 
 struct CacheEntry {
     expires: Instant,
-    decision: Decision,
+    decision: AccessDecision,
 }
 
 /// Remembers decisions of `inner` for `ttl`, keyed by the token's SHA-256. Errors are not
@@ -284,7 +290,7 @@ impl<A: Authorizer> CachedAuthorizer<A> {
         self.len() == 0
     }
 
-    fn lookup(&self, key: &[u8; 32]) -> Option<Decision> {
+    fn lookup(&self, key: &[u8; 32]) -> Option<AccessDecision> {
         let mut entries = self.entries.lock().ok()?;
         match entries.get(key) {
             Some(entry) if entry.expires > Instant::now() => Some(entry.decision.clone()),
@@ -296,7 +302,7 @@ impl<A: Authorizer> CachedAuthorizer<A> {
         }
     }
 
-    fn store(&self, key: [u8; 32], decision: Decision) {
+    fn store(&self, key: [u8; 32], decision: AccessDecision) {
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -324,7 +330,10 @@ impl<A: Authorizer> CachedAuthorizer<A> {
 }
 
 impl<A: Authorizer> Authorizer for CachedAuthorizer<A> {
-    fn review<'a>(&'a self, token: &'a BearerToken) -> BoxFuture<'a, Result<Decision, AuthError>> {
+    fn review<'a>(
+        &'a self,
+        token: &'a BearerToken,
+    ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
         Box::pin(async move {
             let key = token.fingerprint();
             if let Some(decision) = self.lookup(&key) {
@@ -432,12 +441,12 @@ mod tests {
         fn review<'a>(
             &'a self,
             token: &'a BearerToken,
-        ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+        ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 match token.secret() {
                     "broken" => Err(AuthError::TokenReview("connection refused".into())),
-                    name => Ok(Decision::Allowed {
+                    name => Ok(AccessDecision::Allowed {
                         user: UserInfo::named(name),
                     }),
                 }
@@ -456,7 +465,7 @@ mod tests {
         let first = cache.review(&token).await.expect("review");
         assert_eq!(
             first,
-            Decision::Allowed {
+            AccessDecision::Allowed {
                 user: UserInfo::named("alice")
             }
         );

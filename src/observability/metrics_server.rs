@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::auth::{Authorizer, BearerToken, Decision, METRICS_PATH, METRICS_VERB, one_line};
-use crate::observability::Metrics;
+use super::auth::{AccessDecision, Authorizer, BearerToken, METRICS_PATH, METRICS_VERB, one_line};
+use super::metrics::Metrics;
 
 /// Longest a scrape waits for the API server's reviews; Prometheus gives up after its own
 /// scrape timeout (10 s by default) anyway, and a stuck review must not pin a connection.
@@ -101,15 +101,15 @@ async fn check(authorizer: &dyn Authorizer, headers: &HeaderMap) -> Result<(), R
         ));
     };
     match review {
-        Ok(Decision::Allowed { user }) => {
+        Ok(AccessDecision::Allowed { user }) => {
             debug!(user = %user.username, "metrics scrape authorized");
             Ok(())
         }
-        Ok(Decision::Unauthenticated { reason }) => {
+        Ok(AccessDecision::Unauthenticated { reason }) => {
             debug!(%reason, "metrics request with a token that does not authenticate");
             Err(unauthorized(&reason))
         }
-        Ok(Decision::Forbidden { user, reason }) => {
+        Ok(AccessDecision::Forbidden { user, reason }) => {
             info!(user = %user.username, %reason, "metrics request forbidden");
             let mut message = format!(
                 "forbidden: user {:?} may not {METRICS_VERB} the non-resource URL {METRICS_PATH} \
@@ -160,7 +160,7 @@ mod tests {
         fn review<'a>(
             &'a self,
             _token: &'a BearerToken,
-        ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+        ) -> BoxFuture<'a, Result<AccessDecision, AuthError>> {
             Box::pin(std::future::pending())
         }
     }

@@ -13,7 +13,7 @@ pub mod readiness;
 pub mod signals;
 
 pub use auth::{
-    AuthError, Authorizer, BearerToken, CachedAuthorizer, Decision, KubeAuthorizer, UserInfo,
+    AccessDecision, AuthError, Authorizer, BearerToken, CachedAuthorizer, KubeAuthorizer, UserInfo,
     kube_authorizer,
 };
 pub use health_server::{health_router, serve_health};

@@ -5,9 +5,9 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use super::identity::{IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
 use super::manifests::deployment_spec;
 use super::rbac::{Scope, policy_rules};
-use super::{IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
 use crate::api::NamespacePolicy;
 use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS};
 

@@ -17,8 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
+use super::identity::{
+    IMAGE, METRICS_READER_ROLE, METRICS_SERVICE, OPERATOR_NAME, WEBHOOK_SERVICE,
+};
 use super::rbac::{self, Scope};
-use super::{IMAGE, METRICS_READER_ROLE, METRICS_SERVICE, OPERATOR_NAME, WEBHOOK_SERVICE};
 use crate::names::{DEFAULT_OPERATOR_NAMESPACE, HEALTH_PORT, METRICS_PORT, WEBHOOK_PORT};
 
 /// Label that tells the webhook and metrics Services apart (`webhook` / `metrics`).

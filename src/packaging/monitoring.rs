@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
+use super::identity::{METRICS_SERVICE, OPERATOR_NAME};
 use super::manifests::COMPONENT_LABEL;
-use super::{METRICS_SERVICE, OPERATOR_NAME};
 
 /// Scrapes `sandboxed-containers-operator-metrics` over HTTPS with the Prometheus service
 /// account's token (the operator checks it with TokenReview + SubjectAccessReview).

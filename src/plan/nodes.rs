@@ -153,70 +153,13 @@ pub fn select_nodes(
         }
     }
     let topology = Topology::detect(nodes);
-    let mut warnings = Vec::new();
-    let mut kata_nodes: Vec<String>;
-    let mut label_changes = Vec::new();
-    match topology {
+    let (mut kata_nodes, mut label_changes, warnings) = match topology {
         Topology::Converged => {
-            // The whole master pool gets the MachineConfigs, so a selector cannot pick a subset.
-            if spec.kata_config_pool_selector.is_some() {
-                warnings.push("spec.kataConfigPoolSelector is ignored on a converged cluster (control-plane nodes are the only schedulable nodes): kata is installed on every control-plane node".to_string());
-            }
-            kata_nodes = nodes
-                .iter()
-                .filter(|n| n.is_control_plane())
-                .map(|n| n.name.clone())
-                .collect();
-            if spec.check_node_eligibility {
-                let ineligible: Vec<_> = nodes
-                    .iter()
-                    .filter(|n| n.is_control_plane())
-                    .filter(|n| n.labels.get(NFD_KATA_LABEL).map(String::as_str) != Some("true"))
-                    .map(|n| n.name.as_str())
-                    .collect();
-                if !ineligible.is_empty() {
-                    warnings.push(format!(
-                        "checkNodeEligibility: control-plane nodes {} lack {NFD_KATA_LABEL}=true but share the master pool and will get kata too",
-                        ineligible.join(", ")
-                    ));
-                }
-            }
+            let (kata_nodes, warnings) = converged_selection(spec, nodes);
+            (kata_nodes, Vec::new(), warnings)
         }
-        Topology::Regular => {
-            let sel = effective_selector(spec);
-            kata_nodes = Vec::new();
-            for node in nodes {
-                let wanted = node.has_label(WORKER_ROLE_LABEL)
-                    && !node.is_control_plane()
-                    && selector::matches(&sel, &node.labels);
-                let labelled = node.has_label(KATA_ROLE_LABEL);
-                if wanted {
-                    kata_nodes.push(node.name.clone());
-                }
-                match (wanted, labelled) {
-                    (true, false) => label_changes.push(LabelChange::Add {
-                        node: node.name.clone(),
-                        label: KATA_ROLE_LABEL,
-                    }),
-                    (false, true) => label_changes.push(LabelChange::Remove {
-                        node: node.name.clone(),
-                        label: KATA_ROLE_LABEL,
-                    }),
-                    _ => {}
-                }
-            }
-            if kata_nodes.is_empty() {
-                let why = if spec.check_node_eligibility {
-                    format!(
-                        "no worker node matches spec.kataConfigPoolSelector and carries {NFD_KATA_LABEL}=true (is Node Feature Discovery running?)"
-                    )
-                } else {
-                    "no worker node matches spec.kataConfigPoolSelector".to_string()
-                };
-                warnings.push(why);
-            }
-        }
-    }
+        Topology::Regular => regular_selection(spec, nodes),
+    };
     kata_nodes.sort();
     label_changes.sort_by(|a, b| change_node(a).cmp(change_node(b)));
     Ok(NodeSelection {
@@ -225,6 +168,76 @@ pub fn select_nodes(
         label_changes,
         warnings,
     })
+}
+
+/// Every control-plane node: the whole master pool gets the MachineConfigs, so a selector
+/// cannot pick a subset (said in a warning, as is any node lacking the NFD label).
+fn converged_selection(spec: &KataConfigSpec, nodes: &[NodeInfo]) -> (Vec<String>, Vec<String>) {
+    let mut warnings = Vec::new();
+    if spec.kata_config_pool_selector.is_some() {
+        warnings.push("spec.kataConfigPoolSelector is ignored on a converged cluster (control-plane nodes are the only schedulable nodes): kata is installed on every control-plane node".to_string());
+    }
+    let kata_nodes = nodes
+        .iter()
+        .filter(|n| n.is_control_plane())
+        .map(|n| n.name.clone())
+        .collect();
+    if spec.check_node_eligibility {
+        let ineligible: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.is_control_plane())
+            .filter(|n| n.labels.get(NFD_KATA_LABEL).map(String::as_str) != Some("true"))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !ineligible.is_empty() {
+            warnings.push(format!(
+                "checkNodeEligibility: control-plane nodes {} lack {NFD_KATA_LABEL}=true but share the master pool and will get kata too",
+                ineligible.join(", ")
+            ));
+        }
+    }
+    (kata_nodes, warnings)
+}
+
+/// The dedicated workers the selector (and eligibility) picks, and the label changes that move
+/// nodes in and out of the kata pool.
+fn regular_selection(
+    spec: &KataConfigSpec,
+    nodes: &[NodeInfo],
+) -> (Vec<String>, Vec<LabelChange>, Vec<String>) {
+    let sel = effective_selector(spec);
+    let mut kata_nodes = Vec::new();
+    let mut label_changes = Vec::new();
+    for node in nodes {
+        let wanted = node.has_label(WORKER_ROLE_LABEL)
+            && !node.is_control_plane()
+            && selector::matches(&sel, &node.labels);
+        if wanted {
+            kata_nodes.push(node.name.clone());
+        }
+        match (wanted, node.has_label(KATA_ROLE_LABEL)) {
+            (true, false) => label_changes.push(LabelChange::Add {
+                node: node.name.clone(),
+                label: KATA_ROLE_LABEL,
+            }),
+            (false, true) => label_changes.push(LabelChange::Remove {
+                node: node.name.clone(),
+                label: KATA_ROLE_LABEL,
+            }),
+            _ => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    if kata_nodes.is_empty() {
+        warnings.push(if spec.check_node_eligibility {
+            format!(
+                "no worker node matches spec.kataConfigPoolSelector and carries {NFD_KATA_LABEL}=true (is Node Feature Discovery running?)"
+            )
+        } else {
+            "no worker node matches spec.kataConfigPoolSelector".to_string()
+        });
+    }
+    (kata_nodes, label_changes, warnings)
 }
 
 fn change_node(c: &LabelChange) -> &str {

@@ -4,6 +4,8 @@
 //! to change. Everything here is transient from the reconciler's point of view and is retried
 //! with a per-object exponential backoff.
 
+pub use crate::kubeapi::{Category, kube_category};
+
 use std::time::Duration;
 
 /// Why a reconciliation could not finish.
@@ -29,58 +31,6 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// Low-cardinality class of an error, for the requeue policy, the
-/// `kata_operator_api_errors_total{category}` label and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Category {
-    /// 403: the operator's RBAC lacks a verb (never transient).
-    Forbidden,
-    NotFound,
-    Conflict,
-    /// 429: the API server asks us to slow down.
-    Throttled,
-    /// 5xx.
-    Server,
-    /// Any other 4xx.
-    Client,
-    /// The connection failed before an answer.
-    Transport,
-    Timeout,
-    /// A watch cache has not synced.
-    Cache,
-    /// Our own bug (serialization).
-    Internal,
-    /// A watch stream failed in a way that is not an API answer.
-    Watch,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Forbidden => "forbidden",
-            Category::NotFound => "not_found",
-            Category::Conflict => "conflict",
-            Category::Throttled => "throttled",
-            Category::Server => "server",
-            Category::Client => "client",
-            Category::Transport => "transport",
-            Category::Timeout => "timeout",
-            Category::Cache => "cache",
-            Category::Internal => "internal",
-            Category::Watch => "watch",
-        }
-    }
-
-    /// Someone else changed (or removed) the object first: retry almost at once with fresh
-    /// caches. Everything else backs off exponentially.
-    pub fn retry(self) -> Retry {
-        match self {
-            Category::Conflict | Category::NotFound => Retry::Soon,
-            _ => Retry::Backoff,
-        }
-    }
 }
 
 /// Requeue policy derived from the category.
@@ -136,32 +86,13 @@ impl Error {
         }
     }
 
+    /// Someone else changed (or removed) the object first: retry almost at once with fresh
+    /// caches. Everything else backs off exponentially.
     pub fn retry(&self) -> Retry {
-        self.category().retry()
-    }
-}
-
-/// Category of a kube client error: the HTTP class for API answers, `transport` otherwise.
-pub fn kube_category(e: &kube::Error) -> Category {
-    match e {
-        kube::Error::Api(status) => match status.code {
-            403 => Category::Forbidden,
-            404 => Category::NotFound,
-            409 => Category::Conflict,
-            429 => Category::Throttled,
-            500..=599 => Category::Server,
-            _ => Category::Client,
-        },
-        _ => Category::Transport,
-    }
-}
-
-/// Category of a watch failure (the API answer inside it, if any).
-pub fn watch_error_category(e: &kube::runtime::watcher::Error) -> Category {
-    use kube::runtime::watcher::Error as W;
-    match e {
-        W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => kube_category(k),
-        _ => Category::Watch,
+        match self.category() {
+            Category::Conflict | Category::NotFound => Retry::Soon,
+            _ => Retry::Backoff,
+        }
     }
 }
 

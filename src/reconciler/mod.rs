@@ -1,5 +1,5 @@
 //! The `KataConfig` reconciler: a kube-runtime Controller over the pipeline
-//! observe ([`observe`]: watch caches) → validate + build + decide (pure, [`decide`]) → apply
+//! observe ([`observe`]: watch caches) → validate + build + decide (pure, [`mod@decide`]) → apply
 //! ([`apply`]: SSA with one field manager) → status (status subresource, only when changed) →
 //! events ([`events`]: transitions only). This file is the outer loop only.
 //!
@@ -68,7 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             instance: std::env::var("POD_NAME").ok(),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: crate::kubeapi::REQUEST_TIMEOUT,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
         }

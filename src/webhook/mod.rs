@@ -223,8 +223,8 @@ pub fn router(state: WebhookState) -> Router {
 }
 
 /// Runs the webhook server, certificate management and registration until `shutdown`, reading
-/// the process's shared caches. Ready (component `webhook`) once they are synced, a certificate is loaded and
-/// the listener is bound.
+/// the process's shared caches. Ready (component `webhook`) once they are synced, a certificate
+/// is loaded and the listener is bound.
 pub async fn run(
     client: kube::Client,
     cache: ClusterCache,
@@ -234,6 +234,40 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     readiness.register(READINESS);
+    let certs = config.certs.clone();
+    start_certificates(&client, &config, &shutdown).await?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} for the webhooks", config.bind))?;
+    info!(addr = %config.bind, "webhook server listening");
+    let state = WebhookState::new(cache.clone(), &config.namespace, &metrics);
+    let registration = registration::RegistrationConfig {
+        target: config.target.clone(),
+        owner: config.owner.clone(),
+        operator_namespace: config.namespace.clone(),
+        resync: Duration::from_secs(600),
+    };
+    tokio::spawn(register_when_ready(
+        client,
+        registration,
+        cache,
+        certs.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let tls = crate::server::tls_config(certs.resolver());
+    crate::server::serve(listener, router(state), Some(tls), shutdown).await?;
+    readiness.set(READINESS, false);
+    Ok(())
+}
+
+/// Keeps the serving certificate in the store current: the self-managed Secret, or the files
+/// of `--cert-dir`.
+async fn start_certificates(
+    client: &kube::Client,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let certs = config.certs.clone();
     match &config.cert_mode {
         CertMode::Secret { name } => {
@@ -246,7 +280,7 @@ pub async fn run(
             tokio::spawn(crate::certs::secret::run(
                 client.clone(),
                 cfg,
-                certs.clone(),
+                certs,
                 shutdown.clone(),
             ));
         }
@@ -255,57 +289,44 @@ pub async fn run(
                 warn!(error = %e, "no serving certificate yet; waiting for the files");
             }
             tokio::spawn(crate::certs::dir::watch(
-                certs.clone(),
+                certs,
                 dir.clone(),
                 crate::certs::dir::DEFAULT_POLL,
                 shutdown.clone(),
             ));
         }
     }
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} for the webhooks", config.bind))?;
-    info!(addr = %config.bind, "webhook server listening");
-
-    let state = WebhookState::new(cache.clone(), &config.namespace, &metrics);
-    let registration = registration::RegistrationConfig {
-        target: config.target.clone(),
-        owner: config.owner.clone(),
-        operator_namespace: config.namespace.clone(),
-        resync: Duration::from_secs(600),
-    };
-    {
-        let (cache, certs, shutdown, readiness) = (
-            cache.clone(),
-            certs.clone(),
-            shutdown.clone(),
-            readiness.clone(),
-        );
-        tokio::spawn(async move {
-            let mut changes = certs.subscribe();
-            let ready = async {
-                cache.wait_synced().await?;
-                while !certs.is_loaded() {
-                    changes.changed().await?;
-                }
-                anyhow::Ok(())
-            };
-            tokio::select! {
-                r = ready => if let Err(e) = r {
-                    warn!(error = %e, "webhook caches or certificate never became ready");
-                    return;
-                },
-                () = shutdown.cancelled() => return,
-            }
-            readiness.set(READINESS, true);
-            info!("webhooks ready");
-            registration::run(client, registration, cache, certs, shutdown).await;
-        });
-    }
-    let tls = crate::server::tls_config(certs.resolver());
-    crate::server::serve(listener, router(state), Some(tls), shutdown).await?;
-    readiness.set(READINESS, false);
     Ok(())
+}
+
+/// Once the caches are synced and a certificate is loaded: ready, then keep the webhook
+/// configurations registered (nothing is registered before we can answer).
+async fn register_when_ready(
+    client: kube::Client,
+    registration: registration::RegistrationConfig,
+    cache: ClusterCache,
+    certs: Arc<CertStore>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut changes = certs.subscribe();
+    let ready = async {
+        cache.wait_synced().await?;
+        while !certs.is_loaded() {
+            changes.changed().await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = ready => if let Err(e) = r {
+            warn!(error = %e, "webhook caches or certificate never became ready");
+            return;
+        },
+        () = shutdown.cancelled() => return,
+    }
+    readiness.set(READINESS, true);
+    info!("webhooks ready");
+    registration::run(client, registration, cache, certs, shutdown).await;
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use crate::names::{
 use crate::plan::progress::{self, Progress, ProgressInput};
 use crate::plan::{self, LabelChange, NodeInfo};
 
-use super::finish;
-use super::report::{Report, degraded_condition, pool_render, pool_updated, progress_message};
+use super::report::{
+    Report, degraded_condition, finish, pool_render, pool_updated, progress_message,
+};
 use crate::reconciler::action::{Action, Decision, Desired, Kind, Outcome};
 use crate::reconciler::diff::{foreign_keys_patch, needs_apply};
 use crate::reconciler::events::{self, EventSpec};

@@ -5,9 +5,10 @@
 //! Because the decision depends only on observed state, a crash between any two actions is
 //! harmless: the next reconcile observes what was done and decides the rest.
 //!
-//! [`decide`] dispatches: another KataConfig is active ([`duplicate`]); ours is being deleted
-//! ([`uninstall`]); its spec cannot be acted on ([`invalid`]); otherwise [`install`] (which also
-//! updates and repairs). Every branch ends in [`finish`], with a [`Report`] of the status it wants.
+//! `decide` dispatches: another KataConfig is active (`duplicate`); ours is being deleted
+//! (`uninstall.rs`); its spec cannot be acted on (`invalid`); otherwise `install.rs` (which also
+//! updates and repairs). Every branch ends in `report::finish`, with a [`Report`] of the status
+//! it wants.
 
 mod install;
 mod report;
@@ -15,15 +16,14 @@ mod uninstall;
 
 use kube::ResourceExt;
 
-use crate::api::KataConfigStatus;
 use crate::plan::{self, SpecError};
 
 use super::action::{Action, Decision, Outcome};
-use super::events::{self, EventSpec};
 use super::observe::Observed;
 use super::status::{self, DEGRADED, IN_PROGRESS, READY, Wanted, reason};
 
 pub use report::Report;
+use report::finish;
 
 /// The decision for one KataConfig.
 pub fn decide(obs: &Observed) -> Decision {
@@ -41,48 +41,6 @@ pub fn decide(obs: &Observed) -> Decision {
     match plan::desired_state(kc, &obs.nodes) {
         Ok(desired) => install::decide_install(obs, desired),
         Err(e) => invalid(obs, &e),
-    }
-}
-
-/// Status, events and the "unchanged → no write" rule, shared by every branch. Without a
-/// report the status is left as it is (the object is going away).
-fn finish(
-    obs: &Observed,
-    outcome: Outcome,
-    actions: Vec<Action>,
-    report: Option<Report>,
-    mut extra_events: Vec<EventSpec>,
-) -> Decision {
-    let kc = &obs.kata_config;
-    let old = kc.status.clone().unwrap_or_default();
-    let Some(report) = report else {
-        return Decision {
-            outcome,
-            actions,
-            status: None,
-            reported: None,
-            events: extra_events,
-        };
-    };
-    let conditions = status::merge(
-        &old.conditions,
-        &report.conditions,
-        kc.metadata.generation,
-        &obs.now,
-    );
-    let mut events = events::transitions(&old.conditions, &conditions);
-    events.append(&mut extra_events);
-    let status = KataConfigStatus {
-        runtime_classes: report.runtime_classes,
-        kata_nodes: report.kata_nodes,
-        conditions,
-    };
-    Decision {
-        outcome,
-        actions,
-        status: (status != old).then(|| status.clone()),
-        reported: Some(status),
-        events,
     }
 }
 

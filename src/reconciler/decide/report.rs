@@ -1,10 +1,13 @@
-//! What a decision reports: the status it wants ([`Report`]) and the shared pieces every branch
-//! builds it from (node progress in words, the Degraded condition, pool state).
+//! What a decision reports: the status it wants ([`Report`]), how that becomes the decision's
+//! status and Events ([`finish`]), and the shared pieces every branch builds it from (node
+//! progress in words, the Degraded condition, pool state).
 
-use crate::api::KataNodesStatus;
+use crate::api::{KataConfigStatus, KataNodesStatus};
 use crate::names::WORKER_POOL;
 use crate::plan::Topology;
 use crate::plan::progress::{PoolRender, Progress};
+use crate::reconciler::action::{Action, Decision, Outcome};
+use crate::reconciler::events::{self, EventSpec};
 
 use crate::reconciler::observe::Observed;
 use crate::reconciler::status::{self, DEGRADED, Wanted, reason};
@@ -18,6 +21,48 @@ pub struct Report {
     pub kata_nodes: KataNodesStatus,
     /// The conditions it sets (others' conditions are kept).
     pub conditions: Vec<Wanted>,
+}
+
+/// Status, events and the "unchanged → no write" rule, shared by every branch. Without a
+/// report the status is left as it is (the object is going away).
+pub(super) fn finish(
+    obs: &Observed,
+    outcome: Outcome,
+    actions: Vec<Action>,
+    report: Option<Report>,
+    mut extra_events: Vec<EventSpec>,
+) -> Decision {
+    let kc = &obs.kata_config;
+    let old = kc.status.clone().unwrap_or_default();
+    let Some(report) = report else {
+        return Decision {
+            outcome,
+            actions,
+            status: None,
+            reported: None,
+            events: extra_events,
+        };
+    };
+    let conditions = status::merge(
+        &old.conditions,
+        &report.conditions,
+        kc.metadata.generation,
+        &obs.now,
+    );
+    let mut events = events::transitions(&old.conditions, &conditions);
+    events.append(&mut extra_events);
+    let status = KataConfigStatus {
+        runtime_classes: report.runtime_classes,
+        kata_nodes: report.kata_nodes,
+        conditions,
+    };
+    Decision {
+        outcome,
+        actions,
+        status: (status != old).then(|| status.clone()),
+        reported: Some(status),
+        events,
+    }
 }
 
 pub(super) fn pool_render(obs: &Observed, name: &str) -> Option<PoolRender> {

@@ -14,23 +14,15 @@ use crate::names::{
 use crate::plan::Topology;
 use crate::plan::progress::{self, ProgressInput};
 
-use super::finish;
-use super::report::{Report, degraded_condition, pool_render, progress_message};
+use super::report::{Report, degraded_condition, finish, pool_render, progress_message};
 use crate::reconciler::action::{Action, Decision, Kind, Outcome};
 use crate::reconciler::events::{EventSpec, UNINSTALLED};
-use crate::reconciler::observe::Observed;
+use crate::reconciler::observe::{Observed, PodInfo};
 use crate::reconciler::status::{self, IN_PROGRESS, READY, Wanted, reason};
 
 pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
-    let kc = &obs.kata_config;
-    let old = kc.status.clone().unwrap_or_default();
-    let mut managed: Vec<&str> = old.runtime_classes.iter().map(String::as_str).collect();
-    if !managed.contains(&RUNTIME_CLASS) {
-        managed.push(RUNTIME_CLASS);
-    }
+    let old = obs.kata_config.status.clone().unwrap_or_default();
     let topology = Topology::detect(&obs.nodes);
-    let pool_name = topology.pool_name();
-
     let Some(pods) = &obs.pods else {
         let msg = "uninstalling: checking for pods that still use kata";
         let report = Report {
@@ -49,8 +41,52 @@ pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
             Vec::new(),
         );
     };
-    let blocking: Vec<String> = pods
-        .iter()
+    let managed = managed_runtime_classes(&old.runtime_classes);
+    let blocking = blocking_pods(pods, &managed);
+    if !blocking.is_empty() {
+        return blocked(obs, topology, &managed, &blocking);
+    }
+    let actions = removals(obs);
+    // Progress as it will be once the labels are gone.
+    let mut after = obs.clone();
+    for n in &mut after.nodes {
+        n.labels.remove(KATA_ROLE_LABEL);
+    }
+    let prog = classify(&after, topology);
+    if actions.is_empty() && prog.settled() && back_on_plain_rendering(obs, topology) {
+        return finalize(obs);
+    }
+    let msg = progress_message(&prog, obs, topology.pool_name(), topology, true);
+    let report = Report {
+        runtime_classes: Vec::new(),
+        kata_nodes: prog.nodes.clone(),
+        conditions: vec![
+            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
+            Wanted::new(READY, false, reason::UNINSTALLING, msg),
+            degraded_condition(&prog),
+        ],
+    };
+    finish(
+        obs,
+        Outcome::Uninstalling,
+        actions,
+        Some(report),
+        Vec::new(),
+    )
+}
+
+/// The RuntimeClasses whose pods block uninstall: those in the status, and `kata` always.
+fn managed_runtime_classes(in_status: &[String]) -> Vec<&str> {
+    let mut managed: Vec<&str> = in_status.iter().map(String::as_str).collect();
+    if !managed.contains(&RUNTIME_CLASS) {
+        managed.push(RUNTIME_CLASS);
+    }
+    managed
+}
+
+/// `namespace/name` of every pod still running (or about to) on a managed RuntimeClass.
+fn blocking_pods(pods: &[PodInfo], managed: &[&str]) -> Vec<String> {
+    pods.iter()
         .filter(|p| !p.is_terminal())
         .filter(|p| {
             p.runtime_class
@@ -58,33 +94,41 @@ pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
                 .is_some_and(|rc| managed.contains(&rc))
         })
         .map(|p| format!("{}/{}", p.namespace, p.name))
-        .collect();
-    if !blocking.is_empty() {
-        let msg = format!(
-            "uninstall is waiting for {} pod(s) using RuntimeClass {} to finish or be deleted: {}; it resumes by itself once they are gone",
-            blocking.len(),
-            managed.join(", "),
-            status::name_list(&blocking, 20)
-        );
-        let prog = classify(obs, topology);
-        let report = Report {
-            runtime_classes: old.runtime_classes.clone(),
-            kata_nodes: old.kata_nodes.clone(),
-            conditions: vec![
-                Wanted::new(IN_PROGRESS, false, reason::BLOCKED, msg.clone()),
-                Wanted::new(READY, false, reason::UNINSTALLING, msg),
-                degraded_condition(&prog),
-            ],
-        };
-        return finish(obs, Outcome::Blocked, Vec::new(), Some(report), Vec::new());
-    }
+        .collect()
+}
 
-    let mut actions = Vec::new();
-    // Labels first: nodes leave `kata-oc` for `worker` (which never had kata) before the kata
-    // pool is re-rendered, so no node starts an update inside `kata-oc` first: one reboot each.
-    for node in obs.nodes.iter().filter(|n| n.has_label(KATA_ROLE_LABEL)) {
-        actions.push(Action::UnlabelNode(node.name.clone()));
-    }
+/// Nothing is removed while kata pods run; the condition and its Event name them.
+fn blocked(obs: &Observed, topology: Topology, managed: &[&str], blocking: &[String]) -> Decision {
+    let old = obs.kata_config.status.clone().unwrap_or_default();
+    let msg = format!(
+        "uninstall is waiting for {} pod(s) using RuntimeClass {} to finish or be deleted: {}; it resumes by itself once they are gone",
+        blocking.len(),
+        managed.join(", "),
+        status::name_list(blocking, 20)
+    );
+    let prog = classify(obs, topology);
+    let report = Report {
+        runtime_classes: old.runtime_classes,
+        kata_nodes: old.kata_nodes,
+        conditions: vec![
+            Wanted::new(IN_PROGRESS, false, reason::BLOCKED, msg.clone()),
+            Wanted::new(READY, false, reason::UNINSTALLING, msg),
+            degraded_condition(&prog),
+        ],
+    };
+    finish(obs, Outcome::Blocked, Vec::new(), Some(report), Vec::new())
+}
+
+/// Everything that still exists goes in one step. Labels first: nodes leave `kata-oc` for
+/// `worker` (which never had kata) before the kata pool is re-rendered, so no node starts an
+/// update inside `kata-oc` first: one reboot each.
+fn removals(obs: &Observed) -> Vec<Action> {
+    let mut actions: Vec<Action> = obs
+        .nodes
+        .iter()
+        .filter(|n| n.has_label(KATA_ROLE_LABEL))
+        .map(|n| Action::UnlabelNode(n.name.clone()))
+        .collect();
     if obs.runtime_class.is_some() {
         actions.push(Action::Delete {
             kind: Kind::RuntimeClass,
@@ -103,53 +147,29 @@ pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
             name: name.clone(),
         });
     }
-    // Progress as it will be once the labels are gone.
-    let mut after = obs.clone();
-    for n in &mut after.nodes {
-        n.labels.remove(KATA_ROLE_LABEL);
+    actions
+}
+
+/// Every node is back on the plain rendering: the pool goes, then the finalizer.
+fn finalize(obs: &Observed) -> Decision {
+    let mut last = Vec::new();
+    if obs.pools.contains_key(KATA_POOL) {
+        last.push(Action::Delete {
+            kind: Kind::Pool,
+            name: KATA_POOL.to_string(),
+        });
     }
-    let prog = classify(&after, topology);
-    let rolled_back =
-        actions.is_empty() && prog.settled() && back_on_plain_rendering(obs, topology);
-    if rolled_back {
-        let mut last = Vec::new();
-        if obs.pools.contains_key(KATA_POOL) {
-            last.push(Action::Delete {
-                kind: Kind::Pool,
-                name: KATA_POOL.to_string(),
-            });
-        }
-        last.push(Action::RemoveFinalizer);
-        return finish(
-            obs,
-            Outcome::Uninstalled,
-            last,
-            None,
-            vec![EventSpec::normal(
-                UNINSTALLED,
-                format!(
-                    "kata removed from every node; deleted everything the operator created for KataConfig {}",
-                    kc.name_any()
-                ),
-            )],
-        );
-    }
-    let msg = progress_message(&prog, obs, pool_name, topology, true);
-    let report = Report {
-        runtime_classes: Vec::new(),
-        kata_nodes: prog.nodes.clone(),
-        conditions: vec![
-            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
-            Wanted::new(READY, false, reason::UNINSTALLING, msg),
-            degraded_condition(&prog),
-        ],
-    };
+    last.push(Action::RemoveFinalizer);
+    let note = format!(
+        "kata removed from every node; deleted everything the operator created for KataConfig {}",
+        obs.kata_config.name_any()
+    );
     finish(
         obs,
-        Outcome::Uninstalling,
-        actions,
-        Some(report),
-        Vec::new(),
+        Outcome::Uninstalled,
+        last,
+        None,
+        vec![EventSpec::normal(UNINSTALLED, note)],
     )
 }
 
