@@ -14,6 +14,7 @@
 //! | [`certs`] | the self-managed CA and serving certificate, or `--cert-dir` files | `kubeapi` |
 //! | [`observability`] | metric registry and `/metrics` (TokenReview/SAR), readiness and health, logging, signals | `server` |
 //! | [`leader`] | Lease leader election | `observability` |
+//! | [`discovery`] | which optional APIs the server serves (ValidatingAdmissionPolicy, MCO, monitoring) | — |
 //! | [`kubeapi`] | the shared write helpers (SSA, delete ignoring 404, timeouts) and API error classes | `names` |
 //! | [`server`] | the TLS/plain HTTP server with graceful drain every listener uses | — |
 //! | [`run`] | `run`: every part under one shutdown signal | all of the above |
@@ -28,6 +29,7 @@ pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod crdgen;
+pub mod discovery;
 pub mod kubeapi;
 pub mod leader;
 pub mod names;

@@ -314,3 +314,27 @@ async fn whole_operator_runs_under_its_generated_rbac_on_a_real_api_server() {
         refused.join("\n")
     );
 }
+
+/// Discovery as a real API server answers it: ValidatingAdmissionPolicy v1 is served (1.30+),
+/// the MCO API is (its CRDs are installed by the harness), prometheus-operator's is not.
+#[tokio::test]
+async fn discovery_reads_the_served_apis_of_a_real_api_server() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    let operator = env
+        .operator_client(DEFAULT_OPERATOR_NAMESPACE)
+        .await
+        .expect("operator ServiceAccount client");
+    let served = sandboxed_containers_operator::discovery::probe(&operator)
+        .await
+        .expect("discovery is open to every authenticated user");
+    assert_eq!(
+        served,
+        sandboxed_containers_operator::discovery::ServedApis {
+            validating_admission_policy: true,
+            machine_config: true,
+            monitoring: false,
+        }
+    );
+}
