@@ -23,7 +23,6 @@ pub mod plan;
 pub mod reconciler;
 pub mod render;
 pub mod run;
-pub mod schema_validation;
 pub mod selector;
 pub mod server;
 pub mod webhook;

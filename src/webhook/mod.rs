@@ -11,7 +11,6 @@ pub mod pod;
 pub mod policy;
 pub mod registration;
 pub mod review;
-pub mod samples;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
