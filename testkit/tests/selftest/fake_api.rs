@@ -1,7 +1,5 @@
-//! Self-tests of tests/support: the fake API server and the MCO simulator, driven through kube's
-//! own client so they prove what the operator will see.
-
-mod support;
+//! Self-tests of the in-memory API server (for now also of the MCO simulator, the envtest tier
+//! and the authorizer), driven through kube's own client so they prove what the operator will see.
 
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use sandboxed_containers_operator::names::{
     MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
 };
 use serde_json::{Value, json};
-use support::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions, eventually};
+use testkit::{FakeApi, Fault, FaultKind, McoSimulator, SimOptions, eventually};
 
 fn cm(name: &str, labels: Value) -> ConfigMap {
     serde_json::from_value(json!({
@@ -694,7 +692,7 @@ async fn injected_faults_fail_the_next_matching_requests_only() {
 struct RawSvc(FakeApi);
 
 impl tower::Service<http::Request<kube::client::Body>> for RawSvc {
-    type Response = http::Response<support::fake_api::FakeBody>;
+    type Response = http::Response<testkit::fake_api::FakeBody>;
     type Error = std::convert::Infallible;
     type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
     fn poll_ready(
@@ -792,7 +790,7 @@ async fn token_and_access_reviews_answer_from_the_callbacks() {
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     let fake = FakeApi::unrestricted();
     fake.set_token_reviewer(|t| {
-        (t == "good").then(|| support::ReviewUser {
+        (t == "good").then(|| testkit::ReviewUser {
             username: "prom".into(),
             uid: "1".into(),
             groups: vec!["g".into()],
@@ -920,7 +918,7 @@ fn pool_settled(fake: &FakeApi, name: &str, machines: i32) -> bool {
         && st.configuration.and_then(|c| c.name) == p.spec.configuration.and_then(|c| c.name)
 }
 
-async fn cluster(workers: usize) -> (FakeApi, support::SimHandle) {
+async fn cluster(workers: usize) -> (FakeApi, testkit::SimHandle) {
     let fake = FakeApi::unrestricted();
     fake.insert_json(node(
         "master-0",
@@ -1208,7 +1206,7 @@ async fn sim_survives_api_faults_by_retrying() {
 
 // ---------- envtest tier ----------
 
-use support::envtest;
+use testkit::envtest;
 
 #[test]
 fn envtest_skips_with_one_clear_line_without_assets() {
@@ -1784,7 +1782,7 @@ async fn sim_turns_a_container_runtime_config_into_a_generated_machine_config() 
 #[tokio::test]
 async fn seeded_converged_cluster_puts_masters_in_the_master_pool() {
     let fake = FakeApi::unrestricted();
-    support::seed_cluster(&fake, 3, 0, true);
+    testkit::seed_cluster(&fake, 3, 0, true);
     let sim = McoSimulator::spawn(
         fake.client_as("mco-sim"),
         SimOptions {
@@ -1836,7 +1834,7 @@ fn forbidden(e: kube::Error) -> kube::core::Status {
 
 #[tokio::test]
 async fn rbac_rules_match_like_the_api_servers_authorizer() {
-    use support::UserInfo;
+    use testkit::UserInfo;
     let fake = FakeApi::new();
     let dev = UserInfo::service_account("team", "dev");
     // A ClusterRole bound by a RoleBinding grants inside that namespace only; resourceNames
@@ -1958,7 +1956,7 @@ async fn rbac_rules_match_like_the_api_servers_authorizer() {
 
 #[tokio::test]
 async fn server_side_apply_is_authorized_as_patch_then_as_create_when_it_creates() {
-    use support::UserInfo;
+    use testkit::UserInfo;
     let fake = FakeApi::new();
     let applier = UserInfo::service_account("team", "applier");
     fake.insert_json(rbac(
@@ -2005,7 +2003,7 @@ async fn server_side_apply_is_authorized_as_patch_then_as_create_when_it_creates
 
 #[tokio::test]
 async fn owner_references_need_delete_and_blocking_ones_need_finalizers_update() {
-    use support::UserInfo;
+    use testkit::UserInfo;
     let fake = FakeApi::new();
     let owner = fake.insert(&kata("owner"));
     let uid = owner["metadata"]["uid"].as_str().expect("uid").to_string();

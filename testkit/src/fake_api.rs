@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::authz::{self, Attributes, RbacObjects, UserInfo};
+use crate::authz::{self, Attributes, RbacObjects, UserInfo};
 use sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE;
 use sandboxed_containers_operator::packaging::{OPERATOR_NAME, manifests};
 
