@@ -4,7 +4,7 @@
 //! match theirs).
 //!
 //! - [`fake_api`]: an in-memory API server behind a real `kube::Client`, authorizing with RBAC
-//!   as kube-apiserver does ([`authz`]);
+//!   as kube-apiserver does ([`fake_api::authz`]);
 //! - [`mco_sim`]: a Machine Config Operator simulator over any client;
 //! - [`envtest`]: the envtest-convention real API server tier (`KUBEBUILDER_ASSETS`);
 //! - [`logs`]: log capture for one test binary;
@@ -27,7 +27,6 @@
 //! assert_eq!(fake.write_count_by("operator"), 0); // after fake.clear_requests() on a settled cluster
 //! ```
 
-pub mod authz;
 pub mod bundle_check;
 pub mod crd_schema;
 pub mod envtest;
@@ -37,10 +36,9 @@ pub mod logs;
 pub mod mco_sim;
 pub mod webhook_samples;
 
-pub use authz::{Attributes, UserInfo};
 pub use fake_api::{
-    AccessRequest, Authorization, FakeApi, Fault, FaultKind, RequestRecord, ResourceInfo,
-    ReviewUser,
+    AccessRequest, Attributes, Authorization, FakeApi, Fault, FaultKind, RequestRecord,
+    ResourceInfo, ReviewUser, UserInfo,
 };
 pub use helpers::{
     eventually, free_port, https_client, machine_config_json, node_json, seed_cluster, webhook_ca,
