@@ -8,6 +8,9 @@
 //! - `crdgen`: the CRD YAML generated from the types;
 //! - `render`: the offline planner behind `sandboxed-containers-operator render`;
 //! - `cli`: command-line definitions.
+//!
+//! Test-only code (the in-memory API server, MCO simulator, envtest harness, bundle checker, CRD
+//! schema converter, webhook sample cluster) is not here but in the `testkit` workspace crate.
 
 pub mod api;
 pub mod certs;
