@@ -1,7 +1,7 @@
 //! TokenReview and SubjectAccessReview (create-only resources), answered by callbacks the test
 //! sets: which bearer tokens authenticate as whom, and which access questions are allowed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
@@ -32,6 +32,11 @@ pub struct AccessRequest {
 
 pub(super) type TokenFn = dyn Fn(&str) -> Option<ReviewUser> + Send + Sync;
 pub(super) type AccessFn = dyn Fn(&AccessRequest) -> bool + Send + Sync;
+
+/// The callback set now (a lock poisoned by a panicking test still holds a usable value).
+fn current<T: ?Sized>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 impl AccessRequest {
     /// The question a SubjectAccessReview's `spec` asks.
@@ -88,13 +93,7 @@ impl FakeApi {
 
     fn token_review(&self, spec: &Value) -> Value {
         let token = spec["token"].as_str().unwrap_or("");
-        let f = self
-            .inner
-            .tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match f.and_then(|f| f(token)) {
+        match current(&self.inner.tokens).and_then(|f| f(token)) {
             Some(u) => {
                 json!({"authenticated": true, "user": {"username": u.username, "uid": u.uid, "groups": u.groups}, "audiences": spec["audiences"]})
             }
@@ -104,13 +103,7 @@ impl FakeApi {
 
     fn access_review(&self, spec: &Value) -> Value {
         let req = AccessRequest::from_spec(spec);
-        let f = self
-            .inner
-            .access
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let allowed = f.is_some_and(|f| f(&req));
+        let allowed = current(&self.inner.access).is_some_and(|f| f(&req));
         json!({"allowed": allowed, "reason": if allowed { "allowed by fake reviewer" } else { "denied by fake reviewer" }})
     }
 }
