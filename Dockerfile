@@ -6,11 +6,16 @@ ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change.
+# Dependencies first: this layer is rebuilt only when a Cargo.toml or Cargo.lock changes.
+# testkit/ is the workspace's test-only crate: Cargo loads every workspace member (and the root's
+# dev-dependency on it) before building anything, so its manifest must be here, but `--bin`
+# never compiles it, so an empty lib stands in for its sources (.dockerignore keeps them out).
+# Its manifest is the real one, so Cargo.lock still matches and `--locked` holds.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs testkit/src/lib.rs \
  && cargo build --release --locked --bin sandboxed-containers-operator \
  && rm -rf src
 COPY src ./src

@@ -1,6 +1,6 @@
 //! Scale benchmark of the whole operator (`run::run_with`: reconciler under leader election,
 //! webhooks with their self-managed certificate, metrics, health) in-process against the
-//! in-memory API server (`tests/support`).
+//! in-memory API server (`testkit::fake_api`).
 //!
 //! `cargo bench --bench operator_scale -- [--nodes N] [--namespaces M] [--reconciles K]
 //! [--requests R]` (defaults 5000, 1000, 50, 2000). Prints one `RESULT key value` line per
@@ -23,8 +23,6 @@
 //! Loopback only, every loop bounded.
 
 mod common;
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +41,7 @@ use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{FakeApi, McoSimulator, SimOptions, free_port, machine_config_json, node_json};
+use testkit::{FakeApi, McoSimulator, SimOptions, free_port, machine_config_json, node_json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -390,7 +388,7 @@ fn sample(name: &str, namespace: &str) -> Value {
 
 /// p50/p99 of `requests` sequential keep-alive HTTPS requests to /validate-pod and /mutate-pod.
 async fn admission(fake: &FakeApi, op: &Operator, requests: usize) -> (Latency, Latency) {
-    let https = support::https_client(&support::webhook_ca(fake, NAMESPACE));
+    let https = testkit::https_client(&testkit::webhook_ca(fake, NAMESPACE));
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", op.webhook_port);
     let mutate = serde_json::to_vec(&sample("pod-plain-default", "ns-0000")).expect("body");
     let validate = serde_json::to_vec(&sample("pod-kata-default", "ns-0000")).expect("body");

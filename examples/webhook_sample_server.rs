@@ -1,5 +1,5 @@
 //! The real webhook router, TLS stack and handlers, serving the sample cluster of
-//! `webhooks/samples/` (see `webhook::samples`) on loopback without a Kubernetes API server.
+//! `webhooks/samples/` (see `testkit::webhook_samples`) on loopback without a Kubernetes API server.
 //! Used by `hack/bench-webhook.sh` and by the curl examples in `docs/webhooks.md`.
 //!
 //! Usage: `cargo run --release --example webhook_sample_server -- 127.0.0.1:19443 /tmp/webhook-ca.crt`
@@ -12,7 +12,8 @@ use sandboxed_containers_operator::certs::CertStore;
 use sandboxed_containers_operator::certs::issue::{Lifetimes, plan};
 use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::server::{serve, tls_config};
-use sandboxed_containers_operator::webhook::{WebhookState, router, samples};
+use sandboxed_containers_operator::webhook::{WebhookState, router};
+use testkit::webhook_samples as samples;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

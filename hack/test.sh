@@ -34,8 +34,9 @@ echo "==> no import cycles in src/"
 python3 hack/check-import-cycles.py src file
 python3 hack/check-import-cycles.py src top
 
-echo "==> cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+# The whole workspace: the operator crate and testkit (its test-only support crate).
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 # Tests that need a real kube-apiserver carry `real_api_server` in their name. Without the
 # binaries they are filtered out, so the summary counts them as skipped, never as passed.
@@ -45,5 +46,5 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   filter=(-E 'not test(real_api_server)')
 fi
 
-echo "==> cargo nextest run"
-cargo nextest run --no-fail-fast "${filter[@]}"
+echo "==> cargo nextest run --workspace"
+cargo nextest run --workspace --no-fail-fast "${filter[@]}"

@@ -22,7 +22,8 @@
 //! | [`cli`] | command-line definitions | `names` |
 //!
 //! No module imports another in a circle (`hack/check-import-cycles.py` holds that in CI).
-//! Test-only code (the bundle checker, fixtures, the in-memory API server) is not here.
+//! Test-only code (the in-memory API server, MCO simulator, envtest harness, bundle checker, CRD
+//! schema converter, webhook sample cluster) is not here but in the `testkit` workspace crate.
 
 pub mod api;
 pub mod cache;
@@ -39,7 +40,6 @@ pub mod plan;
 pub mod reconciler;
 pub mod render;
 pub mod run;
-pub mod schema_validation;
 pub mod selector;
 pub mod server;
 pub mod webhook;

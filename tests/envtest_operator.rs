@@ -5,8 +5,6 @@
 //! operator's webhooks over loopback (`--webhook-url`), so pod defaulting is the real admission
 //! chain's. Skips (and says so) without `KUBEBUILDER_ASSETS`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +22,7 @@ use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{McoSimulator, SimOptions, envtest, free_port, machine_config_json, node_json};
+use testkit::{McoSimulator, SimOptions, envtest, free_port, machine_config_json, node_json};
 use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -99,7 +97,7 @@ async fn whole_operator_runs_under_its_generated_rbac_on_a_real_api_server() {
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let logs =
-        support::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
+        testkit::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
     let admin = env.client.clone();
     let operator = env
         .operator_client(DEFAULT_OPERATOR_NAMESPACE)

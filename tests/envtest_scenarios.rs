@@ -9,8 +9,6 @@
 //! skips and passes. The walk uses only Kubernetes API calls, so it also runs against the
 //! in-memory API (`scenarios_on_the_in_memory_api`), which keeps the scenario itself honest.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +32,7 @@ use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::reconciler;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use support::{McoSimulator, SimOptions, envtest};
+use testkit::{McoSimulator, SimOptions, envtest};
 use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -212,7 +210,7 @@ async fn scenarios_on_a_real_api_server() {
 /// where the real binaries are missing.
 #[tokio::test]
 async fn scenarios_on_the_in_memory_api() {
-    let api = support::FakeApi::new();
+    let api = testkit::FakeApi::new();
     lifecycle(api.client_as("admin"), api.client()).await;
 }
 
@@ -220,7 +218,7 @@ async fn scenarios_on_the_in_memory_api() {
 /// Nothing the operator asks may be refused: a 403 anywhere in its logs fails the walk.
 async fn lifecycle(client: Client, operator: Client) {
     let logs =
-        support::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
+        testkit::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
     for i in 0..3 {
         apply_json::<Node>(
             &client,
@@ -649,13 +647,13 @@ async fn the_in_memory_api_refuses_exactly_as_the_real_api_server() {
         .expect("probe ServiceAccount");
     let real = refusals(&env.client, &probe).await;
 
-    let fake = support::FakeApi::new();
+    let fake = testkit::FakeApi::new();
     for obj in probe_rbac() {
         fake.insert_json(obj);
     }
     let fake_probe = fake.client_as_user(
         "probe",
-        support::UserInfo::service_account("probe", "probe"),
+        testkit::UserInfo::service_account("probe", "probe"),
     );
     let modelled = refusals(&fake.client_as("admin"), &fake_probe).await;
     assert_eq!(

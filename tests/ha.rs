@@ -7,8 +7,6 @@
 //! Each replica runs on its own tokio runtime, so killing it (`shutdown_background`) drops every
 //! task it spawned at once, the way a process death would, without releasing the Lease.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{FakeApi, McoSimulator, SimOptions, eventually, free_port, seed_cluster};
+use testkit::{FakeApi, McoSimulator, SimOptions, eventually, free_port, seed_cluster};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -291,7 +289,7 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
     );
 
     // Both serve the webhooks with the one certificate of the shared Secret, and both answer.
-    let ca = support::webhook_ca(&fake, NAMESPACE);
+    let ca = testkit::webhook_ca(&fake, NAMESPACE);
     let review = pod_review();
     let (lead_der, lead_resp) = served(&ca, leader.webhook, &review).await;
     let (follow_der, follow_resp) = served(&ca, follower.webhook, &review).await;

@@ -5,8 +5,6 @@
 //! The same run's request log proves the generated RBAC covers exactly what the operator calls,
 //! and its captured logs prove no secret material is ever logged.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +22,7 @@ use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::packaging::rbac::{self, ApiCall};
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use support::{
+use testkit::{
     FakeApi, McoSimulator, ReviewUser, SimOptions, eventually, free_port, https_client,
     seed_cluster,
 };
@@ -79,7 +77,7 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Global: the operator's tasks run on every worker thread.
     let logs =
-        support::logs::capture("debug,hyper=info,h2=info,rustls=info,tower=info,reqwest=info");
+        testkit::logs::capture("debug,hyper=info,h2=info,rustls=info,tower=info,reqwest=info");
 
     let fake = FakeApi::new();
     seed_cluster(&fake, 3, 3, false);

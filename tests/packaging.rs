@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sandboxed_containers_operator::packaging::{self, check, csv, rbac};
-use sandboxed_containers_operator::schema_validation::{Strictness, crd_json_schema};
+use sandboxed_containers_operator::packaging::{self, csv, rbac};
 use sandboxed_containers_operator::{crdgen, render};
 use serde_json::{Value, json};
+use testkit::bundle_check as check;
+use testkit::crd_schema::{Strictness, crd_json_schema};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,11 +1,9 @@
-//! Reconciler scenarios against the in-memory API server (`support::FakeApi`) with the Machine
+//! Reconciler scenarios against the in-memory API server (`testkit::FakeApi`) with the Machine
 //! Config Operator simulator: the real `reconciler::run` drives a real `kube::Client`.
 //!
 //! Waits poll the fake store with a generous hang guard (never a timing assertion). The numbers
 //! of the issue are printed by `measure_install_requests_settled_writes_and_completion_latency`
 //! (`cargo test --test reconciler measure -- --nocapture`).
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +28,7 @@ use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::{leader, reconciler};
 use serde_json::{Value, json};
-use support::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
+use testkit::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -1063,7 +1061,7 @@ fn revoke(api: &FakeApi, resource: &str, verb: &str) -> impl FnOnce() {
     }
 }
 
-fn refused(api: &FakeApi, resource: &str) -> Vec<support::Authorization> {
+fn refused(api: &FakeApi, resource: &str) -> Vec<testkit::Authorization> {
     api.authorizations_by("operator")
         .into_iter()
         .filter(|a| !a.allowed && a.attributes.combined_resource() == resource)

@@ -13,8 +13,9 @@ use sandboxed_containers_operator::cache::ClusterCache;
 use sandboxed_containers_operator::certs::{CertStore, dir};
 use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::server::{serve, tls_config};
-use sandboxed_containers_operator::webhook::{WebhookState, router, samples};
+use sandboxed_containers_operator::webhook::{WebhookState, router};
 use serde_json::Value;
+use testkit::webhook_samples as samples;
 use tokio_util::sync::CancellationToken;
 
 /// Every log line of this test binary, to check that no key material is ever logged.

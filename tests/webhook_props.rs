@@ -17,8 +17,9 @@ use sandboxed_containers_operator::plan::{NodeInfo, validate_spec};
 use sandboxed_containers_operator::webhook::pod::{self, PodView};
 use sandboxed_containers_operator::webhook::review::Verdict;
 use sandboxed_containers_operator::webhook::snapshot::{KataEnv, KataState, PodEnv};
-use sandboxed_containers_operator::webhook::{WebhookState, kataconfig, router, samples};
+use sandboxed_containers_operator::webhook::{WebhookState, kataconfig, router};
 use serde_json::{Value, json};
+use testkit::webhook_samples as samples;
 use tower::ServiceExt;
 
 fn sample(name: &str) -> Value {

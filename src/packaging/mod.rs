@@ -2,9 +2,9 @@
 //! manifests (`deploy/`), generated from the same sources as the binary: the CRD from the Rust
 //! types (`crdgen`), RBAC from one table (`rbac`), names and ports from `names`. `hack/generate.sh`
 //! (`sandboxed-containers-operator bundle`) writes them; a test fails when the committed files drift.
-//! `check` is the semantic bundle checker for what JSON schemas cannot see.
+//! The semantic bundle checker for what JSON schemas cannot see is test-only and lives in the
+//! `testkit` workspace crate (`testkit::bundle_check`).
 
-pub mod check;
 pub mod csv;
 pub mod identity;
 pub mod manifests;

@@ -10,7 +10,6 @@ pub mod pod;
 pub mod policy;
 pub mod registration;
 pub mod review;
-pub mod samples;
 pub mod snapshot;
 
 use std::net::SocketAddr;

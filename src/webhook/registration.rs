@@ -604,9 +604,37 @@ mod tests {
 
     mod api {
         use super::*;
-        use crate::webhook::samples;
         use http::{Method, Request, Response, StatusCode};
         use kube::client::Body;
+        use kube::runtime::watcher::Event;
+
+        /// The sample cluster's KataConfig (as `testkit::webhook_samples::kataconfig` builds it;
+        /// unit tests cannot use the testkit crate, which links its own copy of this one).
+        fn kataconfig(default_policy: &str) -> KataConfig {
+            let mut kc = KataConfig::new(
+                "example-kataconfig",
+                serde_json::from_value(json!({"namespacePolicy": {"default": default_policy}}))
+                    .expect("KataConfig spec"),
+            );
+            kc.metadata.uid = Some("6e0c1f4e-6d1e-4a7e-9d49-000000000001".into());
+            kc.status = Some(crate::api::KataConfigStatus {
+                runtime_classes: vec!["kata".into()],
+                ..Default::default()
+            });
+            kc
+        }
+
+        /// Fills the KataConfig cache the way a watcher's initial list does (marking it ready).
+        fn initial_list(
+            w: &mut kube::runtime::reflector::store::Writer<KataConfig>,
+            kcs: Vec<KataConfig>,
+        ) {
+            w.apply_watcher_event(&Event::Init);
+            for kc in kcs {
+                w.apply_watcher_event(&Event::InitApply(kc));
+            }
+            w.apply_watcher_event(&Event::InitDone);
+        }
 
         fn respond_json(v: Value, code: StatusCode) -> Response<Body> {
             Response::builder()
@@ -634,11 +662,11 @@ mod tests {
             let client = kube::Client::new(svc, "default");
             let (caches, mut w) = ClusterCache::new();
             let kcs = if active {
-                vec![samples::kataconfig("require")]
+                vec![kataconfig("require")]
             } else {
                 vec![]
             };
-            samples::initial_list(&mut w.kataconfigs, kcs);
+            initial_list(&mut w.kataconfigs, kcs);
             let certs = CertStore::new(None);
             let m = crate::certs::issue::plan(
                 None,

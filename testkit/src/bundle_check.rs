@@ -1169,7 +1169,7 @@ pub fn read_bundle_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packaging::{bundle_dockerfile, bundle_files};
+    use sandboxed_containers_operator::packaging::{self, bundle_dockerfile, bundle_files};
     use serde_json::json;
 
     fn generated() -> Vec<(PathBuf, String)> {
@@ -1177,7 +1177,7 @@ mod tests {
     }
 
     fn csv_path() -> PathBuf {
-        PathBuf::from("manifests").join(crate::packaging::csv_file())
+        PathBuf::from("manifests").join(packaging::csv_file())
     }
 
     /// The generated bundle with its CSV changed by `f`.
@@ -1208,13 +1208,13 @@ mod tests {
 
     #[test]
     fn a_release_with_an_upgrade_edge_passes() {
-        let next = crate::packaging::Release {
+        let next = packaging::Release {
             version: "0.2.0",
             previous: Some("0.1.0"),
             skip_floor: None,
             created_at: "2027-01-01T00:00:00Z",
         };
-        let csv = crate::packaging::csv::cluster_service_version(&next).expect("csv");
+        let csv = packaging::csv::cluster_service_version(&next).expect("csv");
         let findings = check_csv(&csv);
         assert!(findings.is_empty(), "{findings:#?}");
         let mut bad = csv.clone();
@@ -1590,7 +1590,7 @@ mod tests {
 
         let no_crd: Vec<_> = generated()
             .into_iter()
-            .filter(|(p, _)| !p.ends_with(crate::packaging::CRD_FILE))
+            .filter(|(p, _)| !p.ends_with(packaging::CRD_FILE))
             .collect();
         assert_finding(
             &check_bundle(&no_crd, &dockerfile),
@@ -1643,7 +1643,7 @@ mod tests {
         let files: Vec<_> = generated()
             .into_iter()
             .map(|(path, content)| {
-                if path.ends_with(crate::packaging::CRD_FILE) {
+                if path.ends_with(packaging::CRD_FILE) {
                     let mut crd: Value = serde_yaml::from_str(&content).expect("crd");
                     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
                         .as_object_mut()
@@ -1717,7 +1717,7 @@ mod tests {
     #[test]
     fn reads_a_bundle_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        crate::packaging::write_bundle(dir.path()).expect("write");
+        packaging::write_bundle(dir.path()).expect("write");
         let files = read_bundle_dir(dir.path()).expect("read");
         let mut expected = generated();
         expected.sort();

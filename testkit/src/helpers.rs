@@ -1,39 +1,11 @@
-//! Test support shared by the integration tests: an in-memory API server behind a real
-//! `kube::Client` (`fake_api`), a Machine Config Operator simulator over any client (`mco_sim`),
-//! and the envtest-convention real API server tier (`envtest`).
-//!
-//! Typical scenario test:
-//! ```ignore
-//! mod support;
-//! use support::{FakeApi, McoSimulator, SimOptions, eventually, seed_cluster};
-//! let fake = FakeApi::new();
-//! seed_cluster(&fake, 3, 2, false); // master-0..2, worker-0..1, 00-master/00-worker MCs
-//! let sim = McoSimulator::spawn(fake.client_as("mco-sim"), SimOptions { create_default_pools: true, ..Default::default() }).await?;
-//! let client = fake.client(); // hand this to the operator's reconciler
-//! // ... create a KataConfig through `client`, run the controller ...
-//! eventually("installed", || fake.get::<KataConfig>("example").is_some_and(|k| /* ... */ true)).await;
-//! assert_eq!(fake.write_count_by("operator"), 0); // after fake.clear_requests() on a settled cluster
-//! ```
-//!
-//! Each test binary uses a different subset, so unused items are expected.
-#![allow(dead_code, unused_imports)]
-
-pub mod authz;
-pub mod envtest;
-pub mod fake_api;
-pub mod logs;
-pub mod mco_sim;
+//! Small helpers the scenario tests share: polling, seeding an OpenShift-like cluster into the
+//! in-memory API server, and reaching the operator's HTTPS endpoints.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-pub use authz::{Attributes, UserInfo};
-pub use fake_api::{
-    AccessRequest, Authorization, FakeApi, Fault, FaultKind, RequestRecord, ResourceInfo,
-    ReviewUser,
-};
-pub use mco_sim::{McoSimulator, SimHandle, SimOptions};
+use crate::FakeApi;
 
 /// Poll `check` every 10 ms until it holds. The 60 s bound only guards against hangs; it is not a
 /// timing expectation.

@@ -14,9 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 
-use crate::api::{KataConfig, KataConfigStatus};
-use crate::cache::CacheWriters;
-use crate::names::{KATA_ROLE_LABEL, NAMESPACE_POLICY_LABEL, WORKER_ROLE_LABEL};
+use sandboxed_containers_operator::api::{KataConfig, KataConfigStatus};
+use sandboxed_containers_operator::cache::CacheWriters;
+use sandboxed_containers_operator::names::{
+    KATA_ROLE_LABEL, NAMESPACE_POLICY_LABEL, WORKER_ROLE_LABEL,
+};
 
 pub const POLICY_NAMESPACES: [(&str, &str); 4] = [
     ("team-require", "require"),
