@@ -1,7 +1,9 @@
-//! The process's one watch per shared kind. Nodes (metadata only, slimmed), RuntimeClasses,
-//! KataConfigs and Namespaces (metadata only, labels) are read by the reconciler and by the
-//! webhooks alike, so each is listed and watched once. Subscribers learn which kind changed in a
-//! way that matters (a fingerprint of the fields anyone reads), so a heartbeat never wakes them.
+//! The process's one view of the cluster: one watch per shared kind, and what the API server
+//! serves. Nodes (metadata only, slimmed), RuntimeClasses, KataConfigs and Namespaces (metadata
+//! only, labels) are read by the reconciler and by the webhooks alike, so each is listed and
+//! watched once; API discovery ([`crate::discovery`]) is re-checked on an interval. Subscribers
+//! learn what changed in a way that matters (a fingerprint of the fields anyone reads), so a
+//! heartbeat never wakes them.
 //!
 //! [`spawn_reflector`] is also how the reconciler runs the watches of what it alone reads.
 
@@ -18,11 +20,12 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{KataConfig, active_kata_config, kata_config_in_force};
+use crate::discovery::{self, ServedApis};
 use crate::observability::metrics::Metrics;
 use crate::plan::NodeInfo;
 use crate::plan::nodes::slim_node;
@@ -36,6 +39,8 @@ pub enum Change {
     KataConfigs,
     /// Labels of a namespace, or the set of namespaces.
     Namespaces,
+    /// What the API server serves ([`ClusterCache::served_apis`]).
+    ServedApis,
 }
 
 /// Read side of the shared watches. Cheap to clone.
@@ -45,6 +50,7 @@ pub struct ClusterCache {
     runtime_classes: Store<RuntimeClass>,
     kata_configs: Store<KataConfig>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    served: watch::Receiver<Option<ServedApis>>,
     changes: broadcast::Sender<Change>,
 }
 
@@ -54,6 +60,8 @@ pub struct CacheWriters {
     pub runtime_classes: Writer<RuntimeClass>,
     pub kataconfigs: Writer<KataConfig>,
     pub namespaces: Writer<PartialObjectMeta<Namespace>>,
+    /// What discovery found (`None`: not known yet).
+    pub served: watch::Sender<Option<ServedApis>>,
 }
 
 fn fingerprint<T: Hash>(v: &T) -> u64 {
@@ -83,6 +91,7 @@ impl ClusterCache {
         let (runtime_classes, rc_w) = reflector::store();
         let (kata_configs, kc_w) = reflector::store();
         let (namespaces, ns_w) = reflector::store();
+        let (served_w, served) = watch::channel(None);
         let (changes, _) = broadcast::channel(64);
         (
             ClusterCache {
@@ -90,6 +99,7 @@ impl ClusterCache {
                 runtime_classes,
                 kata_configs,
                 namespaces,
+                served,
                 changes,
             },
             CacheWriters {
@@ -97,13 +107,32 @@ impl ClusterCache {
                 runtime_classes: rc_w,
                 kataconfigs: kc_w,
                 namespaces: ns_w,
+                served: served_w,
             },
         )
     }
 
-    /// Starts the four watches; they run until `shutdown`, reconnecting with backoff.
+    /// Starts the four watches and discovery every [`discovery::DEFAULT_INTERVAL`]; they run
+    /// until `shutdown`, reconnecting with backoff.
     pub fn start(client: Client, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        Self::start_with(client, metrics, discovery::DEFAULT_INTERVAL, shutdown)
+    }
+
+    /// [`ClusterCache::start`] with another discovery interval.
+    pub fn start_with(
+        client: Client,
+        metrics: Arc<Metrics>,
+        discovery_interval: std::time::Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (cache, w) = ClusterCache::new();
+        spawn_discovery(
+            client.clone(),
+            w.served,
+            cache.changes.clone(),
+            discovery_interval,
+            shutdown.clone(),
+        );
         let cfg = watcher::Config::default;
         let notify = |change: Change| {
             let tx = cache.changes.clone();
@@ -154,6 +183,17 @@ impl ClusterCache {
             &shutdown,
         );
         cache
+    }
+
+    /// What the API server serves; `None` until discovery first answered.
+    pub fn served_apis(&self) -> Option<ServedApis> {
+        *self.served.borrow()
+    }
+
+    /// Waits for the first discovery answer (`None` if discovery stopped before one).
+    pub async fn served_apis_ready(&self) -> Option<ServedApis> {
+        let mut rx = self.served.clone();
+        rx.wait_for(Option::is_some).await.ok().and_then(|v| *v)
     }
 
     /// Changes from now on. A receiver that falls behind gets `Lagged`: treat it as "anything
@@ -219,6 +259,39 @@ impl ClusterCache {
             .get(&reflector::ObjectRef::new(name))
             .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
     }
+}
+
+/// Probes now and every `interval` until `shutdown`; each change is stored, logged once and
+/// announced as [`Change::ServedApis`].
+fn spawn_discovery(
+    client: Client,
+    served: watch::Sender<Option<ServedApis>>,
+    changes: broadcast::Sender<Change>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            match discovery::probe(&client).await {
+                Ok(now) if *served.borrow() != Some(now) => {
+                    tracing::info!(
+                        validating_admission_policy = now.validating_admission_policy,
+                        machine_config = now.machine_config,
+                        monitoring = now.monitoring,
+                        "API discovery: served APIs changed"
+                    );
+                    served.send_replace(Some(now));
+                    let _ = changes.send(Change::ServedApis);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "API discovery failed; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// A cache that never completed its first list (its watch task ended).

@@ -100,4 +100,8 @@ pub struct RunArgs {
     /// Leader-election Lease duration; the leader renews every third of it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub lease_duration_seconds: u64,
+    /// How often to re-check which optional APIs the server serves (ValidatingAdmissionPolicy,
+    /// the Machine Config Operator, prometheus-operator's monitoring API).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub discovery_interval_seconds: u64,
 }

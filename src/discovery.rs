@@ -5,13 +5,11 @@
 //!
 //! Discovery is cheap (one `/apis` request plus one per relevant group version) and changes
 //! rarely (a CRD installed later, an API server upgrade), so it is re-checked on an interval
-//! rather than watched; readers get every change through [`Discovery::subscribe`].
+//! rather than watched; [`crate::cache::ClusterCache`] keeps the answer and announces changes.
 
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroupList, APIResourceList};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// How often discovery is re-checked by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -95,67 +93,6 @@ pub async fn probe(client: &kube::Client) -> Result<ServedApis, kube::Error> {
     Ok(ServedApis::from_discovery(&lists))
 }
 
-/// The latest answer of a discovery loop. Cheap to clone.
-#[derive(Clone)]
-pub struct Discovery {
-    rx: watch::Receiver<Option<ServedApis>>,
-}
-
-impl Discovery {
-    /// Probes now and then every `interval` until `shutdown`; each change is logged once.
-    pub fn start(client: kube::Client, interval: Duration, shutdown: CancellationToken) -> Self {
-        let (tx, rx) = watch::channel(None);
-        tokio::spawn(async move {
-            loop {
-                match probe(&client).await {
-                    Ok(served) => {
-                        let previous = *tx.borrow();
-                        if previous != Some(served) {
-                            tracing::info!(
-                                validating_admission_policy = served.validating_admission_policy,
-                                machine_config = served.machine_config,
-                                monitoring = served.monitoring,
-                                "API discovery: served APIs changed"
-                            );
-                            tx.send_replace(Some(served));
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "API discovery failed; retrying"),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        });
-        Discovery { rx }
-    }
-
-    /// A fixed answer (tests, and `render`, which plans offline).
-    pub fn fixed(served: ServedApis) -> Self {
-        let (tx, rx) = watch::channel(Some(served));
-        // The receiver keeps the last value after the sender is gone.
-        drop(tx);
-        Discovery { rx }
-    }
-
-    /// The latest answer; `None` until the first probe succeeded.
-    pub fn current(&self) -> Option<ServedApis> {
-        *self.rx.borrow()
-    }
-
-    /// Waits for the first answer (`None` if the loop ended before one).
-    pub async fn ready(&self) -> Option<ServedApis> {
-        let mut rx = self.rx.clone();
-        rx.wait_for(Option::is_some).await.ok().and_then(|v| *v)
-    }
-
-    /// Every later change (and the current value).
-    pub fn subscribe(&self) -> watch::Receiver<Option<ServedApis>> {
-        self.rx.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,16 +162,5 @@ mod tests {
             relevant_group_versions(&groups),
             [ADMISSION_GROUP_VERSION, MONITORING_GROUP_VERSION]
         );
-    }
-
-    #[tokio::test]
-    async fn a_fixed_answer_is_ready_at_once() {
-        let served = ServedApis {
-            machine_config: true,
-            ..Default::default()
-        };
-        let d = Discovery::fixed(served);
-        assert_eq!(d.current(), Some(served));
-        assert_eq!(d.ready().await, Some(served));
     }
 }

@@ -50,8 +50,14 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let certs = CertStore::new(Some(metrics.clone()));
     // One watch per shared kind, read by the reconciler and the webhooks alike.
-    let cluster = (!args.disable_controller || !args.disable_webhooks)
-        .then(|| ClusterCache::start(client.clone(), metrics.clone(), shutdown.clone()));
+    let cluster = (!args.disable_controller || !args.disable_webhooks).then(|| {
+        ClusterCache::start_with(
+            client.clone(),
+            metrics.clone(),
+            Duration::from_secs(args.discovery_interval_seconds),
+            shutdown.clone(),
+        )
+    });
 
     let mut parts: Vec<Part> = Vec::new();
     let health = bind(args.health_bind, "health").await?;

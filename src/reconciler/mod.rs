@@ -193,7 +193,9 @@ async fn forward_shared_changes(
             () = shutdown.cancelled() => return,
         };
         let fire = match change {
-            Ok(Change::Nodes | Change::RuntimeClasses | Change::KataConfigs) => true,
+            Ok(
+                Change::Nodes | Change::RuntimeClasses | Change::KataConfigs | Change::ServedApis,
+            ) => true,
             Ok(Change::Namespaces) => false,
             // Fell behind: anything may have changed.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,

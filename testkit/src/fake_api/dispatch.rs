@@ -221,6 +221,11 @@ impl FakeApi {
         if parts.uri.path() == "/version" {
             return self.version(parts.uri.path().to_string(), user);
         }
+        if parts.method == http::Method::GET
+            && super::discovery::is_discovery_path(parts.uri.path())
+        {
+            return self.discovery(parts.uri.path(), user);
+        }
         let info = match self.request_info(&parts) {
             Ok(info) => info,
             Err(e) => return err_response(&e),

@@ -29,6 +29,7 @@
 
 mod admission;
 pub mod authz;
+mod discovery;
 mod dispatch;
 mod errors;
 mod reads;

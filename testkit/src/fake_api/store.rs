@@ -54,6 +54,8 @@ fn builtin_resources() -> Vec<ResourceInfo> {
         ("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
         ("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false, false, false),
         ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false, false, false),
+        ("admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", "ValidatingAdmissionPolicy", false, true, false),
+        ("admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", false, false, false),
         ("kataconfiguration.openshift.io", "v1", "kataconfigs", "KataConfig", false, true, false),
         ("machineconfiguration.openshift.io", "v1", "machineconfigs", "MachineConfig", false, false, false),
         ("machineconfiguration.openshift.io", "v1", "machineconfigpools", "MachineConfigPool", false, true, false),
@@ -273,6 +275,9 @@ impl State {
         let old = self.objects.remove(key)?;
         self.next_rv();
         self.emit(key, Some(old.clone()), None);
+        if key.plural == "customresourcedefinitions" && key.group == "apiextensions.k8s.io" {
+            self.unregister_crd(&old);
+        }
         if orphan {
             self.orphan_dependents(&old["metadata"]["uid"]);
         } else {
@@ -378,6 +383,20 @@ impl State {
                 create_only: false,
             });
         }
+    }
+}
+
+impl State {
+    /// A deleted CRD no longer serves its resources.
+    fn unregister_crd(&mut self, crd: &Value) {
+        let spec = &crd["spec"];
+        let (Some(group), Some(plural)) =
+            (spec["group"].as_str(), spec["names"]["plural"].as_str())
+        else {
+            return;
+        };
+        self.resources
+            .retain(|r| !(r.group == group && r.plural == plural));
     }
 }
 

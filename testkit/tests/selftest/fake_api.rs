@@ -1176,3 +1176,101 @@ async fn streaming_list_watcher_and_strategic_merge_work() {
         Some("strategic")
     );
 }
+
+/// Discovery answers from what is served now: the operator's own probe (as its ServiceAccount,
+/// through the bootstrap `system:discovery` role) sees groups taken away and CRDs installed.
+#[tokio::test]
+async fn discovery_follows_what_is_served() {
+    use sandboxed_containers_operator::discovery::{ServedApis, probe};
+    let fake = FakeApi::new();
+    let operator = fake.client();
+    assert_eq!(
+        probe(&operator).await.expect("probe"),
+        ServedApis {
+            validating_admission_policy: true,
+            machine_config: true,
+            monitoring: false,
+        }
+    );
+    let resources = operator
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+        .expect("resource list");
+    assert!(
+        resources
+            .resources
+            .iter()
+            .any(|r| r.name == "validatingadmissionpolicies/status")
+    );
+    // A vanilla cluster without the MCO, and an API server without ValidatingAdmissionPolicy.
+    fake.unserve_group("machineconfiguration.openshift.io");
+    fake.unserve(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicies",
+    );
+    assert_eq!(
+        probe(&operator).await.expect("probe"),
+        ServedApis::default()
+    );
+    let e = Api::<sandboxed_containers_operator::api::MachineConfig>::all(operator.clone())
+        .list(&ListParams::default())
+        .await
+        .expect_err("no longer served");
+    assert_eq!(api_code(e).0, 404);
+    // prometheus-operator installed later: its CRDs make monitoring.coreos.com/v1 served.
+    for (plural, kind) in [
+        ("servicemonitors", "ServiceMonitor"),
+        ("prometheusrules", "PrometheusRule"),
+    ] {
+        fake.insert_json(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"plural": plural, "kind": kind},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]},
+        }));
+    }
+    assert!(probe(&operator).await.expect("probe").monitoring);
+    fake.delete(
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        None,
+        "prometheusrules.monitoring.coreos.com",
+    );
+    assert!(
+        !probe(&operator).await.expect("probe").monitoring,
+        "CRD deleted"
+    );
+}
+
+/// The operator's shared cache keeps the discovery answer and announces when it changes.
+#[tokio::test]
+async fn the_cluster_cache_follows_discovery() {
+    use sandboxed_containers_operator::cache::{Change, ClusterCache};
+    use sandboxed_containers_operator::observability::Metrics;
+    let fake = FakeApi::new();
+    fake.unserve_group("monitoring.coreos.com");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cache = ClusterCache::start_with(
+        fake.client(),
+        std::sync::Arc::new(Metrics::new()),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    );
+    let first = cache.served_apis_ready().await.expect("answered");
+    assert!(first.machine_config && !first.monitoring);
+    let mut changes = cache.subscribe();
+    fake.unserve_group("machineconfiguration.openshift.io");
+    let change = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(Change::ServedApis) = changes.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(change.is_ok(), "the change was announced");
+    assert!(!cache.served_apis().expect("known").machine_config);
+    shutdown.cancel();
+}
