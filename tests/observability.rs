@@ -3,10 +3,9 @@
 //! reach the logs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -51,42 +50,14 @@ const PROMETHEUS_USER: &str = "system:serviceaccount:openshift-monitoring:promet
 // ---------------------------------------------------------------------------------------------
 // Log capture: one global subscriber for the whole binary, so every test's logs are checked.
 
-#[derive(Clone)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+const LOG_FILTER: &str = "sandboxed_containers_operator=trace,kube=trace,kube_client=trace,warn";
 
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = SharedBuffer(buffer.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                "sandboxed_containers_operator=trace,kube=trace,kube_client=trace,warn",
-            )
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        buffer
-    })
-    .clone()
+fn captured_logs() -> testkit::logs::LogBuffer {
+    testkit::logs::capture(LOG_FILTER)
 }
 
 fn logs_text() -> String {
-    let logs = captured_logs();
-    let bytes = logs.lock().expect("log buffer").clone();
-    String::from_utf8_lossy(&bytes).into_owned()
+    captured_logs().text()
 }
 
 // ---------------------------------------------------------------------------------------------

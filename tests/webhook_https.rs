@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
 use rustls::pki_types::ServerName;
@@ -19,32 +19,8 @@ use testkit::webhook_samples as samples;
 use tokio_util::sync::CancellationToken;
 
 /// Every log line of this test binary, to check that no key material is ever logged.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut g) = self.0.lock() {
-            g.extend_from_slice(b);
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+fn captured_logs() -> testkit::logs::LogBuffer {
+    testkit::logs::capture("trace")
 }
 
 /// A test CA and serving certificates it signs for 127.0.0.1.
@@ -549,10 +525,7 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     write_version(&dir, "..2026_11_23_2", &new_crt, &old_key);
     swap_data(&dir, "..2026_11_23_2");
     let logs = captured_logs();
-    let reported = || {
-        String::from_utf8_lossy(&logs.lock().expect("logs"))
-            .contains("still serving the previous one")
-    };
+    let reported = || logs.text().contains("still serving the previous one");
     for _ in 0..2000 {
         if reported() {
             break;
@@ -577,7 +550,7 @@ async fn certificate_rotation_in_cert_dir_never_fails_a_handshake() {
     );
     assert_ne!(old_der, new_der);
 
-    let logs = String::from_utf8_lossy(&captured_logs().lock().expect("logs")).to_string();
+    let logs = captured_logs().text();
     assert!(
         logs.contains("still serving the previous one"),
         "bad update was reported"
