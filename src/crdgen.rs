@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::api::KataConfig;
 use crate::api::NamespacePolicy;
 use crate::names::LOG_LEVELS;
+use crate::plan::PULL_POLICIES;
 
 /// The CRD as the API server should receive it.
 pub fn kataconfig_crd() -> CustomResourceDefinition {
@@ -57,6 +58,14 @@ fn tighten(root: &mut Value) {
     spec["enablePeerPods"]["default"] = json!(false);
     spec["namespacePolicy"]["properties"]["default"]["enum"] = json!(NamespacePolicy::VALUES);
     spec["namespacePolicy"]["properties"]["default"]["default"] = json!("allow");
+    let installer = &mut spec["nodeInstaller"]["properties"];
+    installer["imagePullPolicy"]["enum"] = json!(PULL_POLICIES);
+    installer["distribution"]["enum"] = json!(
+        crate::plan::installer_objects::DISTRIBUTIONS
+            .iter()
+            .map(|(d, _)| *d)
+            .collect::<Vec<_>>()
+    );
 
     let selector = &mut spec["kataConfigPoolSelector"];
     selector["x-kubernetes-map-type"] = json!("atomic");

@@ -26,6 +26,12 @@ pub const CRIO_DROPIN_PATH: &str = "/etc/crio/crio.conf.d/50-kata";
 pub const IGNITION_VERSION: &str = "3.2.0";
 pub const CONTAINER_RUNTIME_CONFIG: &str = "kata-crio-config";
 
+/// Where the MCO is not served: the node-installer DaemonSet and its ServiceAccount (operator
+/// namespace).
+pub const NODE_INSTALLER: &str = "kata-node-installer";
+/// The label the installer (kata-deploy) sets on a node once kata is usable there (`true`).
+pub const KATA_RUNTIME_LABEL: &str = "katacontainers.io/kata-runtime";
+
 pub const RUNTIME_CLASS: &str = "kata";
 pub const RUNTIME_HANDLER: &str = "kata";
 

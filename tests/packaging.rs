@@ -213,9 +213,18 @@ fn generated_rbac_equals_the_table_everywhere() {
         rules_of(&strategy["permissions"][0]["rules"]),
         table(rbac::Scope::OperatorNamespace)
     );
+    // The operator's, and the node installer's (its DaemonSet's ServiceAccount).
     assert_eq!(
         strategy["clusterPermissions"].as_array().map(Vec::len),
-        Some(1)
+        Some(2)
+    );
+    assert_eq!(
+        strategy["clusterPermissions"][1]["serviceAccountName"],
+        "kata-node-installer"
+    );
+    assert_eq!(
+        rules_of(&strategy["clusterPermissions"][1]["rules"]),
+        installer_table()
     );
     assert_eq!(strategy["permissions"].as_array().map(Vec::len), Some(1));
 
@@ -241,6 +250,31 @@ fn generated_rbac_equals_the_table_everywhere() {
     );
     assert_eq!(find("RoleBinding", op)["roleRef"]["name"], op);
     assert_eq!(find("ClusterRoleBinding", op)["subjects"][0]["name"], op);
+    let installer = "kata-node-installer";
+    assert_eq!(
+        rules_of(&find("ClusterRole", installer)["rules"]),
+        installer_table()
+    );
+    assert_eq!(
+        find("ClusterRoleBinding", installer)["subjects"][0]["name"],
+        installer
+    );
+    find("ServiceAccount", installer);
+}
+
+fn installer_table() -> Vec<(String, String, Vec<String>)> {
+    let mut out: Vec<_> = rbac::INSTALLER_RULES
+        .iter()
+        .map(|r| {
+            (
+                r.group.to_string(),
+                r.resource.to_string(),
+                r.verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 #[test]

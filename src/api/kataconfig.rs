@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, ResourceExt};
@@ -50,6 +51,72 @@ pub struct KataConfigSpec {
     /// Admission policy for namespaces without the `kataconfiguration.openshift.io/policy` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_policy: Option<NamespacePolicySettings>,
+    /// The node installer used where the Machine Config Operator is not served (vanilla
+    /// Kubernetes): a DaemonSet running the kata-deploy image on every kata node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_installer: Option<NodeInstallerSettings>,
+}
+
+/// How the node-installer DaemonSet runs (ignored where the Machine Config Operator installs kata).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInstallerSettings {
+    /// The kata-deploy image; defaults to the one of the Kata release this operator pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` (default) or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// The Kubernetes distribution, which decides where its containerd configuration lives:
+    /// `k8s` (default), `k3s`, `rke2`, `k0s` or `microk8s`. CRI-O is found either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    /// Tolerations of the installer pods, e.g. to reach tainted kata nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Resources of the installer container (defaults: requests 50m CPU, 64Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl NodeInstallerSettings {
+    /// `distribution`, or `k8s`.
+    pub fn distribution(&self) -> &str {
+        self.distribution.as_deref().unwrap_or("k8s")
+    }
+}
+
+/// Which mechanism installs kata on the nodes, chosen from what the API server serves.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Backend {
+    /// OpenShift: the Machine Config Operator (RHCOS extension, CRI-O drop-in, a reboot per node).
+    MachineConfig,
+    /// Kubernetes without the MCO: the node-installer DaemonSet (kata-deploy, no reboot).
+    NodeInstaller,
+}
+
+impl Backend {
+    /// The MCO's API group is served: install through it; otherwise through the installer.
+    pub fn for_cluster(machine_config_served: bool) -> Backend {
+        if machine_config_served {
+            Backend::MachineConfig
+        } else {
+            Backend::NodeInstaller
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::MachineConfig => "MachineConfig",
+            Backend::NodeInstaller => "NodeInstaller",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 pub fn default_log_level() -> String {
@@ -94,6 +161,9 @@ pub struct KataConfigStatus {
     pub kata_nodes: KataNodesStatus,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// How kata is installed on this cluster: `MachineConfig` or `NodeInstaller`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
 }
 
 /// Node-by-node progress. Every kata-relevant node appears in exactly one list.

@@ -5,8 +5,8 @@ pub mod mco;
 pub mod namespace_policy;
 
 pub use kataconfig::{
-    KataConfig, KataConfigSpec, KataConfigStatus, KataNodesStatus, active_kata_config,
-    kata_config_in_force,
+    Backend, KataConfig, KataConfigSpec, KataConfigStatus, KataNodesStatus, NodeInstallerSettings,
+    active_kata_config, kata_config_in_force,
 };
 pub use mco::{
     ContainerRuntimeConfig, ContainerRuntimeConfigSpec, MachineConfig, MachineConfigPool,

@@ -6,10 +6,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::identity::{IMAGE, MIN_KUBE_VERSION, OPERATOR_NAME, PACKAGE, REPOSITORY, Release};
+use super::manifests::POD_SECURITY_ENFORCE;
 use super::manifests::deployment_spec;
-use super::rbac::{Scope, policy_rules};
+use super::rbac::{Scope, installer_policy_rules, policy_rules};
 use crate::api::NamespacePolicy;
-use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS};
+use crate::names::{DEFAULT_OPERATOR_NAMESPACE, GROUP, LOG_LEVELS, NODE_INSTALLER};
 
 const ICON_SVG: &str = include_str!("icon.svg");
 
@@ -153,22 +154,26 @@ const DESCRIPTION: &str = r#"OpenShift sandboxed containers runs each pod in its
 [Kata Containers](https://katacontainers.io), adding a second isolation boundary for untrusted
 or sensitive workloads while keeping the Kubernetes pod experience.
 
-Create one `KataConfig` and the operator:
+Create one `KataConfig` and the operator installs kata on the selected nodes the way the cluster
+allows, and reports which in `status.backend`:
 
-* enables the `kata-containers` RHCOS extension through the Machine Config Operator on the
-  selected worker nodes (pool `kata-oc`; the `master` pool on three-node and single-node clusters),
-* installs a CRI-O runtime handler and creates the `kata` RuntimeClass with pod overhead and
-  node scheduling,
-* reports progress node by node in the KataConfig status,
-* optionally defaults pods to kata per namespace (label `kataconfiguration.openshift.io/policy`:
-  `require`, `default`, `allow`, `deny`),
-* uninstalls cleanly when the KataConfig is deleted, once no kata pod is left.
+* **OpenShift** (the Machine Config Operator is served): it enables the `kata-containers` RHCOS
+  extension and a CRI-O runtime handler through MachineConfigs on the selected worker nodes
+  (pool `kata-oc`; the `master` pool on three-node and single-node clusters). Nodes reboot once
+  while the MCO rolls out.
+* **Kubernetes without the MCO** (containerd or CRI-O; k3s, rke2, k0s, microk8s): it runs the
+  kata-deploy image of a pinned Kata release in the `kata-node-installer` DaemonSet on the
+  selected nodes (no reboot), and removes it node by node on uninstall.
+
+Either way it creates the `kata` RuntimeClass with pod overhead and node scheduling, reports
+progress node by node in the KataConfig status, optionally defaults pods to kata per namespace
+(label `kataconfiguration.openshift.io/policy`: `require`, `default`, `allow`, `deny`), and
+uninstalls cleanly when the KataConfig is deleted, once no kata pod is left.
 
 Run a pod in a VM with `spec.runtimeClassName: kata`.
 
-Nodes reboot while the Machine Config Operator rolls out the extension. The operator exports
-Prometheus metrics and ships alerts for failed installations, degraded nodes, webhook errors and
-an expiring webhook certificate.
+The operator exports Prometheus metrics and ships alerts for failed installations, degraded
+nodes, webhook errors and an expiring webhook certificate.
 "#;
 
 fn annotations(release: &Release) -> anyhow::Result<Value> {
@@ -181,6 +186,14 @@ fn annotations(release: &Release) -> anyhow::Result<Value> {
         "createdAt": release.created_at,
         "description": "Runs pods in lightweight virtual machines with Kata Containers for stronger workload isolation.",
         "operatorframework.io/suggested-namespace": DEFAULT_OPERATOR_NAMESPACE,
+        // The node installer (clusters without the MCO) mounts host paths in this namespace.
+        "operatorframework.io/suggested-namespace-template": serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": DEFAULT_OPERATOR_NAMESPACE, "labels": {
+                POD_SECURITY_ENFORCE: "privileged",
+                "openshift.io/cluster-monitoring": "true",
+            }},
+        }))?,
         "operatorframework.io/cluster-monitoring": "true",
         "operatorframework.io/initialization-resource": serde_json::to_string(&example_kataconfig())?,
         "operators.openshift.io/valid-subscription": serde_json::to_string(&["OpenShift Container Platform", "OpenShift Platform Plus"])?,
@@ -199,14 +212,6 @@ fn annotations(release: &Release) -> anyhow::Result<Value> {
 /// The CSV for a release.
 pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
     let icon = base64::engine::general_purpose::STANDARD.encode(ICON_SVG.trim_end());
-    let native_apis: Vec<Value> = [
-        "MachineConfig",
-        "MachineConfigPool",
-        "ContainerRuntimeConfig",
-    ]
-    .iter()
-    .map(|k| json!({"group": "machineconfiguration.openshift.io", "version": "v1", "kind": k}))
-    .collect();
     let mut spec = json!({
         "displayName": "OpenShift sandboxed containers (Rust)",
         "description": DESCRIPTION,
@@ -238,9 +243,9 @@ pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
             "specDescriptors": spec_descriptors(),
             "statusDescriptors": status_descriptors(),
         }]},
-        // Platform APIs from the Machine Config Operator: OLM checks they exist (discovery);
-        // listing them as required CRDs would make OLM look for an operator that provides them.
-        "nativeAPIs": native_apis,
+        // No `nativeAPIs`: OLM would keep the CSV Pending on clusters without the Machine Config
+        // Operator, where the node installer backend applies. Nor required CRDs: the operator
+        // chooses its backend from discovery at run time.
         "install": {
             "strategy": "deployment",
             "spec": {
@@ -249,10 +254,16 @@ pub fn cluster_service_version(release: &Release) -> anyhow::Result<Value> {
                     "label": {"app.kubernetes.io/name": OPERATOR_NAME},
                     "spec": serde_json::to_value(deployment_spec())?,
                 }],
-                "clusterPermissions": [{
-                    "serviceAccountName": OPERATOR_NAME,
-                    "rules": serde_json::to_value(policy_rules(Scope::Cluster))?,
-                }],
+                "clusterPermissions": [
+                    {
+                        "serviceAccountName": OPERATOR_NAME,
+                        "rules": serde_json::to_value(policy_rules(Scope::Cluster))?,
+                    },
+                    {
+                        "serviceAccountName": NODE_INSTALLER,
+                        "rules": serde_json::to_value(installer_policy_rules())?,
+                    },
+                ],
                 "permissions": [{
                     "serviceAccountName": OPERATOR_NAME,
                     "rules": serde_json::to_value(policy_rules(Scope::OperatorNamespace))?,

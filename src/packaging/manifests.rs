@@ -21,7 +21,9 @@ use super::identity::{
     IMAGE, METRICS_READER_ROLE, METRICS_SERVICE, OPERATOR_NAME, WEBHOOK_SERVICE,
 };
 use super::rbac::{self, Scope};
-use crate::names::{DEFAULT_OPERATOR_NAMESPACE, HEALTH_PORT, METRICS_PORT, WEBHOOK_PORT};
+use crate::names::{
+    DEFAULT_OPERATOR_NAMESPACE, HEALTH_PORT, METRICS_PORT, NODE_INSTALLER, WEBHOOK_PORT,
+};
 
 /// Label that tells the webhook and metrics Services apart (`webhook` / `metrics`).
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -285,6 +287,35 @@ pub fn operator_rbac(namespace: &str) -> anyhow::Result<Vec<Value>> {
     ])
 }
 
+/// The node installer's ServiceAccount, ClusterRole and binding (see [`rbac::INSTALLER_RULES`]).
+pub fn installer_rbac(namespace: &str) -> anyhow::Result<Vec<Value>> {
+    let subject = Subject {
+        kind: "ServiceAccount".to_string(),
+        name: NODE_INSTALLER.to_string(),
+        namespace: Some(namespace.to_string()),
+        ..Default::default()
+    };
+    Ok(vec![
+        serde_json::to_value(ServiceAccount {
+            metadata: meta(NODE_INSTALLER, Some(namespace)),
+            ..Default::default()
+        })?,
+        serde_json::to_value(ClusterRole {
+            metadata: meta(NODE_INSTALLER, None),
+            rules: Some(rbac::installer_policy_rules()),
+            ..Default::default()
+        })?,
+        serde_json::to_value(ClusterRoleBinding {
+            metadata: meta(NODE_INSTALLER, None),
+            role_ref: role_ref("ClusterRole", NODE_INSTALLER),
+            subjects: Some(vec![subject]),
+        })?,
+    ])
+}
+
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+pub const POD_SECURITY_WARN: &str = "pod-security.kubernetes.io/warn";
+
 /// Every object of the plain (non-OLM) installation, in apply order, namespace from DESIGN.md.
 pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
     let ns = DEFAULT_OPERATOR_NAMESPACE;
@@ -292,11 +323,10 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
         metadata: ObjectMeta {
             name: Some(ns.to_string()),
             labels: Some(BTreeMap::from([
-                // The operator pod meets the `restricted` Pod Security Standard; enforce it.
-                (
-                    "pod-security.kubernetes.io/enforce".to_string(),
-                    "restricted".to_string(),
-                ),
+                // The operator pod meets the `restricted` Pod Security Standard, but on clusters
+                // without the MCO the node installer (kata-deploy) mounts host paths here.
+                (POD_SECURITY_ENFORCE.to_string(), "privileged".to_string()),
+                (POD_SECURITY_WARN.to_string(), "restricted".to_string()),
                 (
                     "openshift.io/cluster-monitoring".to_string(),
                     "true".to_string(),
@@ -315,6 +345,7 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
         })?,
     ];
     objects.extend(operator_rbac(ns)?);
+    objects.extend(installer_rbac(ns)?);
     objects.push(serde_json::to_value(metrics_reader_cluster_role())?);
     for svc in services(Some(ns)) {
         objects.push(serde_json::to_value(svc)?);

@@ -149,6 +149,20 @@ static RULES: &[ApiAccess] = &[
         why: "metrics endpoint authorizes GET /metrics",
     },
     ApiAccess {
+        group: "apps",
+        resource: "daemonsets",
+        verbs: OWNED,
+        scope: Scope::OperatorNamespace,
+        why: "the kata-node-installer DaemonSet where the Machine Config Operator is not served",
+    },
+    ApiAccess {
+        group: "",
+        resource: "configmaps",
+        verbs: OWNED,
+        scope: Scope::OperatorNamespace,
+        why: "the node installer's custom runtimes (the kata handler)",
+    },
+    ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
@@ -167,6 +181,40 @@ static RULES: &[ApiAccess] = &[
 /// Every grant the operator has.
 pub fn rules() -> &'static [ApiAccess] {
     RULES
+}
+
+/// What the node installer (the kata-deploy image, ServiceAccount `kata-node-installer` in the
+/// operator namespace) needs, as kata-deploy's own chart grants it: its node's labels, and the
+/// DaemonSets that tell a rolling restart from an uninstall. Shipped as static RBAC (CSV
+/// `clusterPermissions`, `deploy/`), so the operator never needs to grant what it does not hold.
+pub static INSTALLER_RULES: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "nodes",
+        verbs: &["get", "patch"],
+        scope: Scope::Cluster,
+        why: "label its node katacontainers.io/kata-runtime, and remove the label on cleanup",
+    },
+    ApiAccess {
+        group: "apps",
+        resource: "daemonsets",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Cluster,
+        why: "clean up only once no DaemonSet selects its node any more",
+    },
+];
+
+/// The installer's rules as PolicyRules.
+pub fn installer_policy_rules() -> Vec<PolicyRule> {
+    INSTALLER_RULES
+        .iter()
+        .map(|r| PolicyRule {
+            api_groups: Some(vec![r.group.to_string()]),
+            resources: Some(vec![r.resource.to_string()]),
+            verbs: r.verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Whether the generated RBAC lets the operator make this request. `in_operator_namespace` is
@@ -339,12 +387,12 @@ mod tests {
         let mut calls = all.clone();
         calls.retain(|c| !(c.resource == "nodes" && c.verb == "patch"));
         calls.push(call("", "secrets", "get", false));
-        calls.push(call("", "configmaps", "list", true));
+        calls.push(call("", "persistentvolumes", "list", true));
         let cov = coverage(&calls);
         assert_eq!(
             cov.missing,
             [
-                call("", "configmaps", "list", true),
+                call("", "persistentvolumes", "list", true),
                 call("", "secrets", "get", false)
             ]
         );

@@ -1,6 +1,10 @@
 //! The pure core: from a `KataConfig` and the cluster's nodes to every object the reconciler
-//! applies. Used by the reconciler and by the offline `render` command alike.
+//! applies. Used by the reconciler and by the offline `render` command alike. Two backends:
+//! the Machine Config Operator's ([`desired_state`], [`objects`], [`progress`]) and the
+//! node installer's where the MCO is not served ([`node_installer`], [`installer_objects`]).
 
+pub mod installer_objects;
+pub mod node_installer;
 pub mod nodes;
 pub mod objects;
 pub mod progress;
@@ -34,6 +38,9 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
+/// The image pull policies `spec.nodeInstaller.imagePullPolicy` accepts.
+pub const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
+
 /// Checks the fields the CRD schema also restricts, plus the selector rules, so an object that
 /// got past an older CRD or a disabled webhook is still reported precisely.
 pub fn validate_spec(spec: &KataConfigSpec) -> Result<(), SpecError> {
@@ -66,6 +73,9 @@ pub fn validate_spec(spec: &KataConfigSpec) -> Result<(), SpecError> {
             ),
         });
     }
+    if let Some(installer) = &spec.node_installer {
+        errors.extend(validate_installer(installer));
+    }
     if let Some(fixed) = spec
         .runtime_class
         .as_ref()
@@ -86,6 +96,48 @@ pub fn validate_spec(spec: &KataConfigSpec) -> Result<(), SpecError> {
     } else {
         Err(SpecError { errors })
     }
+}
+
+fn validate_installer(installer: &crate::api::NodeInstallerSettings) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(policy) = &installer.image_pull_policy
+        && !PULL_POLICIES.contains(&policy.as_str())
+    {
+        errors.push(FieldError {
+            field: "spec.nodeInstaller.imagePullPolicy".into(),
+            message: format!(
+                "unknown pull policy {policy:?}: use one of {}",
+                PULL_POLICIES.join(", ")
+            ),
+        });
+    }
+    let known: Vec<&str> = installer_objects::DISTRIBUTIONS
+        .iter()
+        .map(|(d, _)| *d)
+        .collect();
+    if let Some(d) = &installer.distribution
+        && !known.contains(&d.as_str())
+    {
+        errors.push(FieldError {
+            field: "spec.nodeInstaller.distribution".into(),
+            message: format!(
+                "unknown distribution {d:?}: use one of {} (it decides where the containerd configuration is)",
+                known.join(", ")
+            ),
+        });
+    }
+    if installer
+        .image
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        errors.push(FieldError {
+            field: "spec.nodeInstaller.image".into(),
+            message: "must name an image; remove the field to use the pinned kata-deploy image"
+                .into(),
+        });
+    }
+    errors
 }
 
 /// Everything the reconciler wants to exist while the KataConfig is installed.

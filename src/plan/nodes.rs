@@ -205,13 +205,50 @@ fn regular_selection(
     spec: &KataConfigSpec,
     nodes: &[NodeInfo],
 ) -> (Vec<String>, Vec<LabelChange>, Vec<String>) {
+    let candidate = |n: &NodeInfo| n.has_label(WORKER_ROLE_LABEL) && !n.is_control_plane();
+    labelled_selection(spec, nodes, candidate, "worker node")
+}
+
+/// Without the MCO (node-installer backend): the nodes the selector picks among all nodes, and
+/// with no selector every node that is not control plane; with `checkNodeEligibility` the NFD
+/// label too. They carry the kata role label as on OpenShift.
+pub fn select_installer_nodes(
+    spec: &KataConfigSpec,
+    nodes: &[NodeInfo],
+) -> Result<NodeSelection, Vec<FieldError>> {
+    if let Some(sel) = &spec.kata_config_pool_selector {
+        let errors = selector::validate(sel, "spec.kataConfigPoolSelector");
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
+    let explicit = spec.kata_config_pool_selector.is_some();
+    let candidate = |n: &NodeInfo| explicit || !n.is_control_plane();
+    let (mut kata_nodes, mut label_changes, warnings) =
+        labelled_selection(spec, nodes, candidate, "node");
+    kata_nodes.sort();
+    label_changes.sort_by(|a, b| change_node(a).cmp(change_node(b)));
+    Ok(NodeSelection {
+        topology: Topology::Regular,
+        kata_nodes,
+        label_changes,
+        warnings,
+    })
+}
+
+/// Among the `candidate` nodes, those the effective selector matches, and the kata role label
+/// changes that get them (and only them) labelled. `what` names the candidates in warnings.
+fn labelled_selection(
+    spec: &KataConfigSpec,
+    nodes: &[NodeInfo],
+    candidate: impl Fn(&NodeInfo) -> bool,
+    what: &str,
+) -> (Vec<String>, Vec<LabelChange>, Vec<String>) {
     let sel = effective_selector(spec);
     let mut kata_nodes = Vec::new();
     let mut label_changes = Vec::new();
     for node in nodes {
-        let wanted = node.has_label(WORKER_ROLE_LABEL)
-            && !node.is_control_plane()
-            && selector::matches(&sel, &node.labels);
+        let wanted = candidate(node) && selector::matches(&sel, &node.labels);
         if wanted {
             kata_nodes.push(node.name.clone());
         }
@@ -231,10 +268,10 @@ fn regular_selection(
     if kata_nodes.is_empty() {
         warnings.push(if spec.check_node_eligibility {
             format!(
-                "no worker node matches spec.kataConfigPoolSelector and carries {NFD_KATA_LABEL}=true (is Node Feature Discovery running?)"
+                "no {what} matches spec.kataConfigPoolSelector and carries {NFD_KATA_LABEL}=true (is Node Feature Discovery running?)"
             )
         } else {
-            "no worker node matches spec.kataConfigPoolSelector".to_string()
+            format!("no {what} matches spec.kataConfigPoolSelector")
         });
     }
     (kata_nodes, label_changes, warnings)

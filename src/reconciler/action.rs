@@ -1,6 +1,8 @@
 //! What the decision hands to the writer: the objects the reconciler keeps ([`Desired`]), the
 //! writes in order ([`Action`]), and where the KataConfig stands ([`Outcome`], [`Decision`]).
 
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::ResourceExt;
 
@@ -14,6 +16,9 @@ pub enum Kind {
     MachineConfig,
     ContainerRuntimeConfig,
     RuntimeClass,
+    /// The node installer and its custom runtimes, in the operator namespace.
+    DaemonSet,
+    ConfigMap,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +27,8 @@ pub enum Desired {
     MachineConfig(MachineConfig),
     ContainerRuntimeConfig(ContainerRuntimeConfig),
     RuntimeClass(RuntimeClass),
+    DaemonSet(DaemonSet),
+    ConfigMap(ConfigMap),
 }
 
 impl Desired {
@@ -31,6 +38,8 @@ impl Desired {
             Desired::MachineConfig(_) => Kind::MachineConfig,
             Desired::ContainerRuntimeConfig(_) => Kind::ContainerRuntimeConfig,
             Desired::RuntimeClass(_) => Kind::RuntimeClass,
+            Desired::DaemonSet(_) => Kind::DaemonSet,
+            Desired::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -40,6 +49,8 @@ impl Desired {
             Desired::MachineConfig(m) => m.name_any(),
             Desired::ContainerRuntimeConfig(c) => c.name_any(),
             Desired::RuntimeClass(r) => r.name_any(),
+            Desired::DaemonSet(d) => d.name_any(),
+            Desired::ConfigMap(c) => c.name_any(),
         }
     }
 
@@ -51,6 +62,8 @@ impl Desired {
                 format!("ContainerRuntimeConfig {}", c.name_any())
             }
             Desired::RuntimeClass(r) => format!("RuntimeClass {}", r.name_any()),
+            Desired::DaemonSet(d) => format!("DaemonSet {}", d.name_any()),
+            Desired::ConfigMap(c) => format!("ConfigMap {}", c.name_any()),
         }
     }
 }

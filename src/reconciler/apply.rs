@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -34,6 +35,18 @@ const NODE_LISTS: [&str; 7] = [
 pub struct Writer {
     pub client: Client,
     pub timeout: Duration,
+    /// The operator namespace (the node installer lives there).
+    pub namespace: String,
+}
+
+/// The bounds every kind the writer handles meets.
+trait Writable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug
+{
+}
+impl<K> Writable for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug
+{
 }
 
 impl Writer {
@@ -47,43 +60,38 @@ impl Writer {
             .map_err(|e| Error::call(action(), e))
     }
 
-    async fn ssa<K>(&self, obj: &K) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::all(self.client.clone());
+    fn cluster<K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>>(
+        &self,
+    ) -> Api<K> {
+        Api::all(self.client.clone())
+    }
+
+    fn in_namespace<K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>>(
+        &self,
+    ) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn ssa<K: Writable>(&self, api: Api<K>, obj: &K) -> Result<(), Error> {
         kubeapi::apply(&api, obj, self.timeout)
             .await
             .map(|_| ())
             .map_err(|e| Error::call(format!("applying {} {}", K::kind(&()), obj.name_any()), e))
     }
 
-    async fn delete<K>(&self, name: &str) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::all(self.client.clone());
+    async fn delete<K: Writable>(&self, api: Api<K>, name: &str) -> Result<(), Error> {
         kubeapi::delete_ignoring_404(&api, name, self.timeout)
             .await
             .map(|_| ())
             .map_err(|e| Error::call(format!("deleting {} {name}", K::kind(&())), e))
     }
 
-    async fn merge<K>(&self, name: &str, patch: &Value) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::all(self.client.clone());
+    async fn merge<K: Writable>(
+        &self,
+        api: Api<K>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), Error> {
         self.call(
             || {
                 format!(
@@ -156,24 +164,49 @@ impl Writer {
             Action::AddFinalizer => self.finalizer(kc, true).await,
             Action::RemoveFinalizer => self.finalizer(kc, false).await,
             Action::Apply(d) => match d.as_ref() {
-                Desired::Pool(p) => self.ssa(p).await,
-                Desired::MachineConfig(m) => self.ssa(m).await,
-                Desired::ContainerRuntimeConfig(c) => self.ssa(c).await,
-                Desired::RuntimeClass(r) => self.ssa(r).await,
+                Desired::Pool(p) => self.ssa(self.cluster(), p).await,
+                Desired::MachineConfig(m) => self.ssa(self.cluster(), m).await,
+                Desired::ContainerRuntimeConfig(c) => self.ssa(self.cluster(), c).await,
+                Desired::RuntimeClass(r) => self.ssa(self.cluster(), r).await,
+                Desired::DaemonSet(ds) => self.ssa(self.in_namespace(), ds).await,
+                Desired::ConfigMap(c) => self.ssa(self.in_namespace(), c).await,
             },
             Action::Delete { kind, name } => match kind {
-                Kind::Pool => self.delete::<MachineConfigPool>(name).await,
-                Kind::MachineConfig => self.delete::<MachineConfig>(name).await,
-                Kind::ContainerRuntimeConfig => self.delete::<ContainerRuntimeConfig>(name).await,
-                Kind::RuntimeClass => self.delete::<RuntimeClass>(name).await,
+                Kind::Pool => self.delete(self.cluster::<MachineConfigPool>(), name).await,
+                Kind::MachineConfig => self.delete(self.cluster::<MachineConfig>(), name).await,
+                Kind::ContainerRuntimeConfig => {
+                    self.delete(self.cluster::<ContainerRuntimeConfig>(), name)
+                        .await
+                }
+                Kind::RuntimeClass => self.delete(self.cluster::<RuntimeClass>(), name).await,
+                Kind::DaemonSet => self.delete(self.in_namespace::<DaemonSet>(), name).await,
+                Kind::ConfigMap => self.delete(self.in_namespace::<ConfigMap>(), name).await,
             },
             Action::RemoveForeignKeys { kind, name, patch } => match kind {
-                Kind::Pool => self.merge::<MachineConfigPool>(name, patch).await,
-                Kind::MachineConfig => self.merge::<MachineConfig>(name, patch).await,
-                Kind::ContainerRuntimeConfig => {
-                    self.merge::<ContainerRuntimeConfig>(name, patch).await
+                Kind::Pool => {
+                    self.merge(self.cluster::<MachineConfigPool>(), name, patch)
+                        .await
                 }
-                Kind::RuntimeClass => self.merge::<RuntimeClass>(name, patch).await,
+                Kind::MachineConfig => {
+                    self.merge(self.cluster::<MachineConfig>(), name, patch)
+                        .await
+                }
+                Kind::ContainerRuntimeConfig => {
+                    self.merge(self.cluster::<ContainerRuntimeConfig>(), name, patch)
+                        .await
+                }
+                Kind::RuntimeClass => {
+                    self.merge(self.cluster::<RuntimeClass>(), name, patch)
+                        .await
+                }
+                Kind::DaemonSet => {
+                    self.merge(self.in_namespace::<DaemonSet>(), name, patch)
+                        .await
+                }
+                Kind::ConfigMap => {
+                    self.merge(self.in_namespace::<ConfigMap>(), name, patch)
+                        .await
+                }
             },
             Action::LabelNode(n) => self.label(n, true).await,
             Action::UnlabelNode(n) => self.label(n, false).await,

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 
 use crate::api::mco::{ObjectReferenceLite, PoolCondition, PoolConfiguration};
 use crate::api::{KataConfig, KataConfigSpec, MachineConfigPool, MachineConfigPoolStatus};
+use crate::discovery::ServedApis;
 use crate::names::{
     CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER, KATA_POOL, KATA_ROLE_LABEL, MCO_CURRENT_CONFIG,
     MCO_STATE, WORKER_POOL, WORKER_ROLE_LABEL,
@@ -72,6 +73,12 @@ pub fn observed(kc: KataConfig, nodes: Vec<NodeInfo>) -> Observed {
         container_runtime_config: None,
         runtime_class: None,
         pods: None,
+        served: ServedApis {
+            machine_config: true,
+            ..Default::default()
+        },
+        operator_namespace: "openshift-sandboxed-containers-operator".into(),
+        installer: Default::default(),
         now: now(),
     }
 }
@@ -122,6 +129,8 @@ pub fn apply_one(obs: &mut Observed, a: &Action) {
             }
             Desired::ContainerRuntimeConfig(c) => obs.container_runtime_config = Some(c.clone()),
             Desired::RuntimeClass(r) => obs.runtime_class = Some(r.clone()),
+            Desired::DaemonSet(ds) => obs.installer.daemon_set = Some(ds.clone()),
+            Desired::ConfigMap(c) => obs.installer.config_map = Some(c.clone()),
         },
         Action::Delete { kind, name } => match kind {
             Kind::Pool => {
@@ -132,6 +141,8 @@ pub fn apply_one(obs: &mut Observed, a: &Action) {
             }
             Kind::ContainerRuntimeConfig => obs.container_runtime_config = None,
             Kind::RuntimeClass => obs.runtime_class = None,
+            Kind::DaemonSet => obs.installer.daemon_set = None,
+            Kind::ConfigMap => obs.installer.config_map = None,
         },
         Action::RemoveForeignKeys { kind, name, patch } => {
             fn merged<T: serde::Serialize + serde::de::DeserializeOwned>(
@@ -161,6 +172,14 @@ pub fn apply_one(obs: &mut Observed, a: &Action) {
                 }
                 Kind::RuntimeClass => {
                     obs.runtime_class = obs.runtime_class.as_ref().map(|c| merged(c, patch))
+                }
+                Kind::DaemonSet => {
+                    let ds = obs.installer.daemon_set.as_ref();
+                    obs.installer.daemon_set = ds.map(|d| merged(d, patch))
+                }
+                Kind::ConfigMap => {
+                    let cm = obs.installer.config_map.as_ref();
+                    obs.installer.config_map = cm.map(|c| merged(c, patch))
                 }
             }
         }
@@ -241,4 +260,50 @@ pub fn three_workers() -> Vec<NodeInfo> {
 
 pub fn cond<'a>(d: &'a Decision, t: &str) -> &'a Condition {
     status::find(&d.status.as_ref().expect("status").conditions, t).expect("condition")
+}
+
+/// A cluster without the Machine Config Operator: nodes with no role labels, no pools.
+pub fn vanilla(kc: KataConfig, names: &[&str]) -> Observed {
+    let nodes = names
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let mut obs = observed(kc, nodes);
+    obs.served.machine_config = false;
+    obs.pools.clear();
+    obs
+}
+
+/// A tiny synchronous DaemonSet controller, kubelet and kata-deploy: every node with the kata
+/// role label runs a Ready installer pod and carries `katacontainers.io/kata-runtime=true`;
+/// every other node's pod and label are gone (cleanup done). Nodes in `crashing` crash-loop.
+pub fn installer_settle(obs: &mut Observed, crashing: &[&str]) {
+    use crate::names::KATA_RUNTIME_LABEL;
+    use crate::plan::node_installer::InstallerPod;
+    if obs.installer.daemon_set.is_none() {
+        obs.installer.pods.clear();
+    }
+    let mut pods = Vec::new();
+    for n in &mut obs.nodes {
+        let selected = n.has_label(KATA_ROLE_LABEL) && obs.installer.daemon_set.is_some();
+        let crash = crashing.contains(&n.name.as_str());
+        if selected {
+            pods.push(InstallerPod {
+                name: format!("kata-node-installer-{}", n.name),
+                node: n.name.clone(),
+                ready: !crash,
+                terminating: false,
+                failure: crash.then(|| "CrashLoopBackOff, last terminated with Error (exit code 1): containerd config not found".to_string()),
+            });
+            if !crash {
+                n.labels.insert(KATA_RUNTIME_LABEL.into(), "true".into());
+            }
+        } else {
+            n.labels.remove(KATA_RUNTIME_LABEL);
+        }
+    }
+    obs.installer.pods = pods;
 }

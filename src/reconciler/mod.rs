@@ -39,7 +39,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::KataConfig;
+use crate::api::{Backend, KataConfig};
 use crate::cache::{Change, ClusterCache};
 use crate::names::FIELD_MANAGER;
 use crate::observability::{Metrics, Readiness};
@@ -62,11 +62,15 @@ pub struct Config {
     /// First retry delay after an API error; doubles per consecutive failure.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The operator namespace (the node installer runs there).
+    pub namespace: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            namespace: std::env::var("POD_NAMESPACE")
+                .unwrap_or_else(|_| crate::names::DEFAULT_OPERATOR_NAMESPACE.to_string()),
             instance: std::env::var("POD_NAME").ok(),
             request_timeout: crate::kubeapi::REQUEST_TIMEOUT,
             backoff_base: Duration::from_millis(500),
@@ -104,6 +108,7 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let owned = observe::OwnedCaches::start(
         client.clone(),
+        &config.namespace,
         trigger_tx.clone(),
         metrics.clone(),
         shutdown.clone(),
@@ -127,6 +132,7 @@ pub async fn run(
         writer: apply::Writer {
             client: client.clone(),
             timeout: config.request_timeout,
+            namespace: config.namespace.clone(),
         },
         recorder: Recorder::new(
             client,
@@ -143,12 +149,19 @@ pub async fn run(
     let ready_ctx = ctx.clone();
     let ready_task = tokio::spawn(async move {
         let synced = async {
-            ready_ctx.owned.wait_until_ready().await?;
-            ready_ctx
-                .cluster
+            let cluster = &ready_ctx.cluster;
+            cluster
                 .wait_synced()
                 .await
-                .map_err(|e| Error::CacheNotReady(e.0))
+                .map_err(|e| Error::CacheNotReady(e.0))?;
+            let served = cluster
+                .served_apis_ready()
+                .await
+                .ok_or(Error::CacheNotReady("discovery"))?;
+            if served.machine_config {
+                ready_ctx.owned.watch_machine_configs().await;
+            }
+            ready_ctx.owned.wait_until_ready().await
         };
         match synced.await {
             Ok(()) => {
@@ -255,7 +268,6 @@ async fn bounded<T>(
 }
 
 async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Error> {
-    bounded(ctx, "cluster", ctx.owned.wait_until_ready()).await?;
     bounded(ctx, "cluster", async {
         ctx.cluster
             .wait_synced()
@@ -263,9 +275,20 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
             .map_err(|e| Error::CacheNotReady(e.0))
     })
     .await?;
+    let served = bounded(ctx, "discovery", async {
+        ctx.cluster
+            .served_apis_ready()
+            .await
+            .ok_or(Error::CacheNotReady("discovery"))
+    })
+    .await?;
+    if decide::backend_for(kc, &served) == Backend::MachineConfig {
+        ctx.owned.watch_machine_configs().await;
+    }
+    bounded(ctx, "cluster", ctx.owned.wait_until_ready()).await?;
     let all = ctx.cluster.kata_configs();
     let now = Time(jiff::Timestamp::now());
-    let mut obs = ctx.owned.snapshot(&ctx.cluster, kc, now);
+    let mut obs = ctx.owned.snapshot(&ctx.cluster, served, kc, now).await;
     let uninstalling = kc.is_being_deleted()
         && kc.has_finalizer()
         && obs.active.as_deref() == Some(kc.name_any().as_str());

@@ -6,6 +6,8 @@
 //! - [`fake_api`]: an in-memory API server behind a real `kube::Client`, authorizing with RBAC
 //!   as kube-apiserver does ([`fake_api::authz`]);
 //! - [`mco_sim`]: a Machine Config Operator simulator over any client;
+//! - [`installer_sim`]: what runs the node-installer DaemonSet on a cluster without the MCO (the
+//!   DaemonSet controller, the kubelet and the kata-deploy image), over any client;
 //! - [`envtest`]: the envtest-convention real API server tier (`KUBEBUILDER_ASSETS`);
 //! - [`logs`]: log capture for one test binary;
 //! - [`bundle_check`]: the semantic OLM bundle checker (what the CSV/CRD JSON schemas cannot see);
@@ -32,6 +34,7 @@ pub mod crd_schema;
 pub mod envtest;
 pub mod fake_api;
 mod helpers;
+pub mod installer_sim;
 pub mod logs;
 pub mod mco_sim;
 pub mod webhook_samples;
@@ -43,4 +46,5 @@ pub use fake_api::{
 pub use helpers::{
     eventually, free_port, https_client, machine_config_json, node_json, seed_cluster, webhook_ca,
 };
+pub use installer_sim::{InstallerSimHandle, InstallerSimOptions, InstallerSimulator};
 pub use mco_sim::{McoSimulator, SimHandle, SimOptions};

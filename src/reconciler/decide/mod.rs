@@ -5,17 +5,22 @@
 //! Because the decision depends only on observed state, a crash between any two actions is
 //! harmless: the next reconcile observes what was done and decides the rest.
 //!
-//! `decide` dispatches: another KataConfig is active (`duplicate`); ours is being deleted
-//! (`uninstall.rs`); its spec cannot be acted on (`invalid`); otherwise `install.rs` (which also
-//! updates and repairs). Every branch ends in `report::finish`, with a [`Report`] of the status
-//! it wants.
+//! `decide` dispatches: another KataConfig is active (`duplicate`); ours is being deleted (the
+//! backend's `uninstall.rs`); its spec cannot be acted on (`invalid`); otherwise the backend's
+//! `install.rs` (which also updates and repairs). The backend is [`backend_for`]: the Machine
+//! Config Operator's where its API is served (`machine_config/`), the node installer's elsewhere
+//! (`node_installer/`); `steps.rs` holds what both do alike. Every branch ends in
+//! `report::finish`, with a [`Report`] of the status it wants.
 
-mod install;
+mod machine_config;
+mod node_installer;
 mod report;
-mod uninstall;
+mod steps;
 
 use kube::ResourceExt;
 
+use crate::api::{Backend, KataConfig};
+use crate::discovery::ServedApis;
 use crate::plan::{self, SpecError};
 
 use super::action::{Action, Decision, Outcome};
@@ -31,16 +36,36 @@ pub fn decide(obs: &Observed) -> Decision {
     if obs.active.as_deref() != Some(kc.name_any().as_str()) {
         return duplicate(obs, kc.is_being_deleted());
     }
+    let backend = backend_for(kc, &obs.served);
     if kc.is_being_deleted() {
-        return if kc.has_finalizer() {
-            uninstall::decide_uninstall(obs)
-        } else {
-            finish(obs, Outcome::Gone, Vec::new(), None, Vec::new())
+        return match (kc.has_finalizer(), backend) {
+            (false, _) => finish(obs, Outcome::Gone, Vec::new(), None, Vec::new()),
+            (true, Backend::MachineConfig) => machine_config::decide_uninstall(obs),
+            (true, Backend::NodeInstaller) => node_installer::decide_uninstall(obs),
         };
     }
-    match plan::desired_state(kc, &obs.nodes) {
-        Ok(desired) => install::decide_install(obs, desired),
-        Err(e) => invalid(obs, &e),
+    let planned = match backend {
+        Backend::MachineConfig => {
+            plan::desired_state(kc, &obs.nodes).map(|d| machine_config::decide_install(obs, d))
+        }
+        Backend::NodeInstaller => {
+            plan::node_installer::desired_state(kc, &obs.nodes, &obs.operator_namespace)
+                .map(|d| node_installer::decide_install(obs, d))
+        }
+    };
+    planned.unwrap_or_else(|e| invalid(obs, &e, backend))
+}
+
+/// How kata is (to be) installed: through the Machine Config Operator where its API is served,
+/// through the node installer elsewhere. An uninstall follows the backend recorded in the
+/// status, so it cleans up what was installed even if discovery changed meanwhile.
+pub fn backend_for(kc: &KataConfig, served: &ServedApis) -> Backend {
+    let discovered = Backend::for_cluster(served.machine_config);
+    let recorded = kc.status.as_ref().and_then(|s| s.backend);
+    if kc.is_being_deleted() {
+        recorded.unwrap_or(discovered)
+    } else {
+        discovered
     }
 }
 
@@ -70,6 +95,7 @@ fn duplicate(obs: &Observed, deleting: bool) -> Decision {
         ),
     ];
     let report = Report {
+        backend: None,
         runtime_classes: Vec::new(),
         kata_nodes: Default::default(),
         conditions: wanted,
@@ -83,7 +109,7 @@ fn duplicate(obs: &Observed, deleting: bool) -> Decision {
     )
 }
 
-fn invalid(obs: &Observed, e: &SpecError) -> Decision {
+fn invalid(obs: &Observed, e: &SpecError, backend: Backend) -> Decision {
     let old = obs.kata_config.status.clone().unwrap_or_default();
     let msg = format!("the spec cannot be acted on, fix it and the install resumes: {e}");
     let mut wanted = vec![
@@ -100,6 +126,7 @@ fn invalid(obs: &Observed, e: &SpecError) -> Decision {
     }
     // Nothing is changed in the cluster: what is installed stays as it is until the spec is fixed.
     let report = Report {
+        backend: Some(backend),
         runtime_classes: old.runtime_classes,
         kata_nodes: old.kata_nodes,
         conditions: wanted,

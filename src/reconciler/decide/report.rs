@@ -1,11 +1,8 @@
 //! What a decision reports: the status it wants ([`Report`]), how that becomes the decision's
-//! status and Events ([`finish`]), and the shared pieces every branch builds it from (node
-//! progress in words, the Degraded condition, pool state).
+//! status and Events ([`finish`]), and the Degraded condition every branch reports.
 
-use crate::api::{KataConfigStatus, KataNodesStatus};
-use crate::names::WORKER_POOL;
-use crate::plan::Topology;
-use crate::plan::progress::{PoolRender, Progress};
+use crate::api::{Backend, KataConfigStatus, KataNodesStatus};
+use crate::plan::progress::Progress;
 use crate::reconciler::action::{Action, Decision, Outcome};
 use crate::reconciler::events::{self, EventSpec};
 
@@ -15,6 +12,8 @@ use crate::reconciler::status::{self, DEGRADED, Wanted, reason};
 /// The status a decision wants, before timestamps and the "unchanged → no write" rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// `status.backend`.
+    pub backend: Option<Backend>,
     /// `status.runtimeClasses`.
     pub runtime_classes: Vec<String>,
     /// `status.kataNodes`.
@@ -52,6 +51,7 @@ pub(super) fn finish(
     let mut events = events::transitions(&old.conditions, &conditions);
     events.append(&mut extra_events);
     let status = KataConfigStatus {
+        backend: report.backend,
         runtime_classes: report.runtime_classes,
         kata_nodes: report.kata_nodes,
         conditions,
@@ -63,18 +63,6 @@ pub(super) fn finish(
         reported: Some(status),
         events,
     }
-}
-
-pub(super) fn pool_render(obs: &Observed, name: &str) -> Option<PoolRender> {
-    obs.pools.get(name).and_then(PoolRender::of)
-}
-
-/// The pool reports Updated and not Updating.
-pub(super) fn pool_updated(obs: &Observed, name: &str) -> bool {
-    obs.pools
-        .get(name)
-        .and_then(|p| p.status.as_ref())
-        .is_some_and(|s| s.condition_true("Updated") && !s.condition_true("Updating"))
 }
 
 pub(super) fn degraded_condition(p: &Progress) -> Wanted {
@@ -93,49 +81,4 @@ pub(super) fn degraded_condition(p: &Progress) -> Wanted {
             .collect();
         Wanted::new(DEGRADED, true, reason::NODE_DEGRADED, parts.join("; "))
     }
-}
-
-/// Human summary of node progress, naming nodes per list.
-pub(super) fn progress_message(
-    p: &Progress,
-    obs: &Observed,
-    pool_name: &str,
-    topology: Topology,
-    uninstalling: bool,
-) -> String {
-    let n = &p.nodes;
-    let mut parts = Vec::new();
-    if uninstalling {
-        parts.push("removing kata".to_string());
-    } else {
-        parts.push(format!(
-            "kata is installed on {} of {} node(s)",
-            n.ready_node_count, n.node_count
-        ));
-    }
-    let lists: [(&str, &Vec<String>); 6] = [
-        ("installing", &n.installing),
-        ("waiting to install", &n.waiting_to_install),
-        ("failed to install (see Degraded)", &n.failed_to_install),
-        ("uninstalling", &n.uninstalling),
-        ("waiting to uninstall", &n.waiting_to_uninstall),
-        ("failed to uninstall (see Degraded)", &n.failed_to_uninstall),
-    ];
-    for (label, list) in lists {
-        if !list.is_empty() {
-            parts.push(format!("{label}: {}", status::name_list(list, 10)));
-        }
-    }
-    let pool_label = match topology {
-        Topology::Regular if uninstalling => WORKER_POOL,
-        _ => pool_name,
-    };
-    if obs.pools.get(pool_label).and_then(PoolRender::of).is_none() {
-        parts.push(format!(
-            "waiting for the Machine Config Operator to render MachineConfigPool {pool_label}"
-        ));
-    } else if !pool_updated(obs, pool_label) {
-        parts.push(format!("MachineConfigPool {pool_label} is updating"));
-    }
-    parts.join("; ")
 }

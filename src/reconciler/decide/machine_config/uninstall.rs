@@ -6,45 +6,33 @@
 //! 3. wait until every node is back on the worker (or plain master) rendering;
 //! 4. delete `kata-oc` and drop the finalizer.
 
-use kube::ResourceExt;
-
+use crate::api::Backend;
 use crate::names::{
     CONTAINER_RUNTIME_CONFIG, KATA_POOL, KATA_ROLE_LABEL, RUNTIME_CLASS, WORKER_POOL,
 };
 use crate::plan::Topology;
 use crate::plan::progress::{self, ProgressInput};
 
-use super::report::{Report, degraded_condition, finish, pool_render, progress_message};
+use super::pools::{pool_render, progress_message};
 use crate::reconciler::action::{Action, Decision, Kind, Outcome};
-use crate::reconciler::events::{EventSpec, UNINSTALLED};
-use crate::reconciler::observe::{Observed, PodInfo};
-use crate::reconciler::status::{self, IN_PROGRESS, READY, Wanted, reason};
+use crate::reconciler::decide::report::{Report, degraded_condition, finish};
+use crate::reconciler::decide::steps::{
+    blocked, blocking_pods, checking_pods, finalize, managed_runtime_classes,
+};
+use crate::reconciler::observe::Observed;
+use crate::reconciler::status::{IN_PROGRESS, READY, Wanted, reason};
 
-pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
+pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decision {
     let old = obs.kata_config.status.clone().unwrap_or_default();
     let topology = Topology::detect(&obs.nodes);
     let Some(pods) = &obs.pods else {
-        let msg = "uninstalling: checking for pods that still use kata";
-        let report = Report {
-            runtime_classes: old.runtime_classes.clone(),
-            kata_nodes: old.kata_nodes.clone(),
-            conditions: vec![
-                Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg),
-                Wanted::new(READY, false, reason::UNINSTALLING, msg),
-            ],
-        };
-        return finish(
-            obs,
-            Outcome::Uninstalling,
-            Vec::new(),
-            Some(report),
-            Vec::new(),
-        );
+        return checking_pods(obs, Backend::MachineConfig);
     };
     let managed = managed_runtime_classes(&old.runtime_classes);
     let blocking = blocking_pods(pods, &managed);
     if !blocking.is_empty() {
-        return blocked(obs, topology, &managed, &blocking);
+        let progress = classify(obs, topology);
+        return blocked(obs, Backend::MachineConfig, &managed, &blocking, &progress);
     }
     let actions = removals(obs);
     // Progress as it will be once the labels are gone.
@@ -54,10 +42,16 @@ pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
     }
     let prog = classify(&after, topology);
     if actions.is_empty() && prog.settled() && back_on_plain_rendering(obs, topology) {
-        return finalize(obs);
+        // Every node is back on the plain rendering: the pool goes, then the finalizer.
+        let pool = obs.pools.contains_key(KATA_POOL).then(|| Action::Delete {
+            kind: Kind::Pool,
+            name: KATA_POOL.to_string(),
+        });
+        return finalize(obs, pool.into_iter().collect());
     }
     let msg = progress_message(&prog, obs, topology.pool_name(), topology, true);
     let report = Report {
+        backend: Some(Backend::MachineConfig),
         runtime_classes: Vec::new(),
         kata_nodes: prog.nodes.clone(),
         conditions: vec![
@@ -73,50 +67,6 @@ pub(super) fn decide_uninstall(obs: &Observed) -> Decision {
         Some(report),
         Vec::new(),
     )
-}
-
-/// The RuntimeClasses whose pods block uninstall: those in the status, and `kata` always.
-fn managed_runtime_classes(in_status: &[String]) -> Vec<&str> {
-    let mut managed: Vec<&str> = in_status.iter().map(String::as_str).collect();
-    if !managed.contains(&RUNTIME_CLASS) {
-        managed.push(RUNTIME_CLASS);
-    }
-    managed
-}
-
-/// `namespace/name` of every pod still running (or about to) on a managed RuntimeClass.
-fn blocking_pods(pods: &[PodInfo], managed: &[&str]) -> Vec<String> {
-    pods.iter()
-        .filter(|p| !p.is_terminal())
-        .filter(|p| {
-            p.runtime_class
-                .as_deref()
-                .is_some_and(|rc| managed.contains(&rc))
-        })
-        .map(|p| format!("{}/{}", p.namespace, p.name))
-        .collect()
-}
-
-/// Nothing is removed while kata pods run; the condition and its Event name them.
-fn blocked(obs: &Observed, topology: Topology, managed: &[&str], blocking: &[String]) -> Decision {
-    let old = obs.kata_config.status.clone().unwrap_or_default();
-    let msg = format!(
-        "uninstall is waiting for {} pod(s) using RuntimeClass {} to finish or be deleted: {}; it resumes by itself once they are gone",
-        blocking.len(),
-        managed.join(", "),
-        status::name_list(blocking, 20)
-    );
-    let prog = classify(obs, topology);
-    let report = Report {
-        runtime_classes: old.runtime_classes,
-        kata_nodes: old.kata_nodes,
-        conditions: vec![
-            Wanted::new(IN_PROGRESS, false, reason::BLOCKED, msg.clone()),
-            Wanted::new(READY, false, reason::UNINSTALLING, msg),
-            degraded_condition(&prog),
-        ],
-    };
-    finish(obs, Outcome::Blocked, Vec::new(), Some(report), Vec::new())
 }
 
 /// Everything that still exists goes in one step. Labels first: nodes leave `kata-oc` for
@@ -150,29 +100,6 @@ fn removals(obs: &Observed) -> Vec<Action> {
     actions
 }
 
-/// Every node is back on the plain rendering: the pool goes, then the finalizer.
-fn finalize(obs: &Observed) -> Decision {
-    let mut last = Vec::new();
-    if obs.pools.contains_key(KATA_POOL) {
-        last.push(Action::Delete {
-            kind: Kind::Pool,
-            name: KATA_POOL.to_string(),
-        });
-    }
-    last.push(Action::RemoveFinalizer);
-    let note = format!(
-        "kata removed from every node; deleted everything the operator created for KataConfig {}",
-        obs.kata_config.name_any()
-    );
-    finish(
-        obs,
-        Outcome::Uninstalled,
-        last,
-        None,
-        vec![EventSpec::normal(UNINSTALLED, note)],
-    )
-}
-
 fn classify(obs: &Observed, topology: Topology) -> progress::Progress {
     progress::classify(
         &obs.nodes,
@@ -203,6 +130,7 @@ mod tests {
         apply_all, apply_one, converge, kc, mco_settle, now, observed, worker,
     };
     use crate::reconciler::observe::PodInfo;
+    use crate::reconciler::status;
     use serde_json::json;
 
     fn pod(ns: &str, name: &str, rc: &str, phase: &str) -> PodInfo {

@@ -4,69 +4,24 @@
 
 use kube::ResourceExt;
 
-use crate::api::KataConfigStatus;
-use crate::names::{
-    CONTAINER_RUNTIME_CONFIG, KATA_POOL, KATA_ROLE_LABEL, RUNTIME_CLASS, WORKER_POOL,
-};
-use crate::plan::progress::{self, Progress, ProgressInput};
+use crate::api::Backend;
+use crate::names::{CONTAINER_RUNTIME_CONFIG, KATA_POOL, KATA_ROLE_LABEL, WORKER_POOL};
+use crate::plan::progress::{self, ProgressInput};
 use crate::plan::{self, LabelChange, NodeInfo};
 
-use super::report::{
-    Report, degraded_condition, finish, pool_render, pool_updated, progress_message,
+use super::pools::{pool_render, pool_updated, progress_message};
+use crate::reconciler::action::{Action, Decision, Desired, Kind};
+use crate::reconciler::decide::report::{Report, finish};
+use crate::reconciler::decide::steps::{
+    Writes, drift_event, install_conditions, keep_runtime_class,
 };
-use crate::reconciler::action::{Action, Decision, Desired, Kind, Outcome};
-use crate::reconciler::diff::{foreign_keys_patch, needs_apply};
-use crate::reconciler::events::{self, EventSpec};
+use crate::reconciler::diff::needs_apply;
 use crate::reconciler::observe::Observed;
-use crate::reconciler::status::{self, IN_PROGRESS, READY, Wanted, reason};
 
-/// The writes of one install decision, and the repairs among them (for the drift Event).
-#[derive(Default)]
-struct Writes {
-    actions: Vec<Action>,
-    repaired: Vec<String>,
-}
-
-impl Writes {
-    /// Applies `d`, first removing keys someone else added to its selectors; `present` tells an
-    /// edit ("restored") from a deletion ("re-created") for the drift Event.
-    fn repair(&mut self, obs: &Observed, d: Desired, present: bool) {
-        let verb = if present { "restored" } else { "re-created" };
-        self.repaired.push(format!("{verb} {}", d.describe()));
-        if let Some(patch) = foreign_keys(&d, obs) {
-            self.actions.push(Action::RemoveForeignKeys {
-                kind: d.kind(),
-                name: d.name(),
-                patch,
-            });
-        }
-        self.actions.push(Action::Apply(Box::new(d)));
-    }
-}
-
-/// The removal patch for keys others added to `d`'s selector-like maps, against what is observed.
-fn foreign_keys(d: &Desired, obs: &Observed) -> Option<serde_json::Value> {
-    match d {
-        Desired::Pool(p) => obs
-            .pools
-            .get(&p.name_any())
-            .and_then(|o| foreign_keys_patch(p, o)),
-        Desired::MachineConfig(m) => obs
-            .machine_configs
-            .get(&m.name_any())
-            .and_then(|o| foreign_keys_patch(m, o)),
-        Desired::ContainerRuntimeConfig(c) => obs
-            .container_runtime_config
-            .as_ref()
-            .and_then(|o| foreign_keys_patch(c, o)),
-        Desired::RuntimeClass(r) => obs
-            .runtime_class
-            .as_ref()
-            .and_then(|o| foreign_keys_patch(r, o)),
-    }
-}
-
-pub(super) fn decide_install(obs: &Observed, desired: plan::DesiredState) -> Decision {
+pub(in crate::reconciler::decide) fn decide_install(
+    obs: &Observed,
+    desired: plan::DesiredState,
+) -> Decision {
     let kc = &obs.kata_config;
     let old = kc.status.clone().unwrap_or_default();
     let mut writes = Writes::default();
@@ -86,19 +41,20 @@ pub(super) fn decide_install(obs: &Observed, desired: plan::DesiredState) -> Dec
         },
     );
     let kata_nodes = &desired.selection.kata_nodes;
-    let pending_changes = writes
-        .actions
-        .iter()
-        .any(Action::is_write_to_cluster_objects);
-    let rolled_out = !pending_changes
+    let rolled_out = !writes.pending()
         && progress.settled()
         && pool_updated(obs, pool_name)
         && progress.nodes.installed == *kata_nodes;
     let complete = rolled_out && !kata_nodes.is_empty();
-    let runtime_classes = keep_runtime_class(obs, &desired, &old, complete, &mut writes);
-    let (outcome, conditions) = install_conditions(obs, &desired, &progress, complete);
+    let runtime_classes =
+        keep_runtime_class(obs, &desired.runtime_class, &old, complete, &mut writes);
+    let (outcome, conditions) =
+        install_conditions(kata_nodes, &desired.warnings, &progress, complete, || {
+            progress_message(&progress, obs, pool_name, desired.topology(), false)
+        });
     let extra = drift_event(obs, &old, &writes.repaired);
     let report = Report {
+        backend: Some(Backend::MachineConfig),
         runtime_classes,
         kata_nodes: progress.nodes,
         conditions,
@@ -170,126 +126,21 @@ fn move_nodes(
     nodes
 }
 
-/// The RuntimeClass appears once the pool has rolled out; once it has existed it is kept (and
-/// restored when deleted or edited). Returns `status.runtimeClasses`.
-fn keep_runtime_class(
-    obs: &Observed,
-    desired: &plan::DesiredState,
-    old: &KataConfigStatus,
-    complete: bool,
-    writes: &mut Writes,
-) -> Vec<String> {
-    let known =
-        obs.runtime_class.is_some() || old.runtime_classes.iter().any(|r| r == RUNTIME_CLASS);
-    let wanted = complete || known;
-    if wanted && needs_apply(&desired.runtime_class, obs.runtime_class.as_ref()) {
-        let d = Desired::RuntimeClass(desired.runtime_class.clone());
-        if known {
-            writes.repair(obs, d, obs.runtime_class.is_some());
-        } else {
-            writes.actions.push(Action::Apply(Box::new(d)));
-        }
-    }
-    if wanted {
-        vec![RUNTIME_CLASS.to_string()]
-    } else {
-        Vec::new()
-    }
-}
-
-/// Outcome and conditions: no kata node, installed, or still installing (naming the nodes).
-fn install_conditions(
-    obs: &Observed,
-    desired: &plan::DesiredState,
-    progress: &Progress,
-    complete: bool,
-) -> (Outcome, Vec<Wanted>) {
-    let kata_nodes = &desired.selection.kata_nodes;
-    let degraded = degraded_condition(progress);
-    let warnings = desired.warnings.join("; ");
-    if kata_nodes.is_empty() && progress.settled() {
-        let msg = if warnings.is_empty() {
-            "no node is selected for kata".to_string()
-        } else {
-            format!("no node is selected for kata: {warnings}")
-        };
-        return (
-            Outcome::NoKataNodes,
-            vec![
-                Wanted::new(IN_PROGRESS, false, reason::NO_KATA_NODES, msg.clone()),
-                Wanted::new(READY, false, reason::NO_KATA_NODES, msg),
-                degraded,
-            ],
-        );
-    }
-    let notes = if warnings.is_empty() {
-        String::new()
-    } else {
-        format!(". Note: {warnings}")
-    };
-    if complete {
-        let msg = format!(
-            "kata is installed on {} node(s): {}; RuntimeClass {RUNTIME_CLASS} is available{notes}",
-            kata_nodes.len(),
-            status::name_list(kata_nodes, 20)
-        );
-        return (
-            Outcome::Installed,
-            vec![
-                Wanted::new(IN_PROGRESS, false, reason::INSTALLED, msg.clone()),
-                Wanted::new(READY, true, reason::INSTALLED, msg),
-                degraded,
-            ],
-        );
-    }
-    let msg = progress_message(
-        progress,
-        obs,
-        desired.pool_name(),
-        desired.topology(),
-        false,
-    ) + &notes;
-    let ready_reason = if degraded.status {
-        reason::NODE_DEGRADED
-    } else {
-        reason::INSTALLING
-    };
-    (
-        Outcome::Installing,
-        vec![
-            Wanted::new(IN_PROGRESS, true, reason::INSTALLING, msg.clone()),
-            Wanted::new(READY, false, ready_reason, msg),
-            degraded,
-        ],
-    )
-}
-
-/// Repairs of a completed install whose spec did not change are drift, worth an Event.
-fn drift_event(obs: &Observed, old: &KataConfigStatus, repaired: &[String]) -> Vec<EventSpec> {
-    let settled_before = status::find(&old.conditions, READY).is_some_and(|c| {
-        c.status == "True" && c.observed_generation == obs.kata_config.metadata.generation
-    });
-    if settled_before && !repaired.is_empty() {
-        vec![EventSpec::warning(
-            events::DRIFT_REPAIRED,
-            format!("{} (changed outside the operator)", repaired.join(", ")),
-        )]
-    } else {
-        Vec::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::mco::{ObjectReferenceLite, PoolConfiguration};
     use crate::names::{CRIO_DROPIN_MC, EXTENSION_MC, MCO_REASON, MCO_STATE};
+    use crate::reconciler::action::Outcome;
     use crate::reconciler::decide::decide;
+    use crate::reconciler::events;
+    use crate::reconciler::events::EventSpec;
     use crate::reconciler::fixtures::{
         apply_all, cond, converge, kc, mco_settle, observed, pool_status, three_workers, worker,
     };
     use crate::reconciler::observe::PodInfo;
     use crate::reconciler::status::DEGRADED;
+    use crate::reconciler::status::{self, IN_PROGRESS, READY, reason};
     use serde_json::json;
 
     #[test]
