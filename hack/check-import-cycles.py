@@ -34,6 +34,8 @@ for mod, p in files.items():
         src = src[:i]
     # Doc and line comments name modules without depending on them.
     src = re.sub(r'//[^\n]*', '', src)
+    # A visibility (`pub(in crate::a)`) restricts who may use an item; it imports nothing.
+    src = re.sub(r'pub\(in [^)]*\)', 'pub', src)
     is_dir_mod = p.endswith('mod.rs') or p.endswith('lib.rs')
     here = list(mod) if is_dir_mod else list(mod[:-1])
     for m in re.finditer(r'\b(crate|super|self)((?:::\w+)+)', src):

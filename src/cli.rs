@@ -43,6 +43,26 @@ pub struct RenderArgs {
     /// Without it, a built-in example cluster of 3 workers and 3 control-plane nodes is used.
     #[arg(long)]
     pub nodes: Option<PathBuf>,
+    /// How kata gets onto the nodes: through the Machine Config Operator (OpenShift) or the
+    /// node-installer DaemonSet (clusters without the MCO). A running operator picks this from
+    /// the APIs the cluster serves; offline it must be told.
+    #[arg(long, value_enum, default_value_t = RenderBackend::MachineConfig)]
+    pub backend: RenderBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderBackend {
+    MachineConfig,
+    NodeInstaller,
+}
+
+impl From<RenderBackend> for crate::api::Backend {
+    fn from(b: RenderBackend) -> Self {
+        match b {
+            RenderBackend::MachineConfig => crate::api::Backend::MachineConfig,
+            RenderBackend::NodeInstaller => crate::api::Backend::NodeInstaller,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,19 +11,21 @@ fn main() -> ExitCode {
             print!("{}", crdgen::kataconfig_crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Render(args) => match render::render(&args.file, args.nodes.as_deref()) {
-            Ok(rendered) => {
-                for note in &rendered.notes {
-                    eprintln!("{note}");
+        Command::Render(args) => {
+            match render::render(&args.file, args.nodes.as_deref(), args.backend.into()) {
+                Ok(rendered) => {
+                    for note in &rendered.notes {
+                        eprintln!("{note}");
+                    }
+                    print!("{}", rendered.yaml);
+                    ExitCode::SUCCESS
                 }
-                print!("{}", rendered.yaml);
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Bundle { output } => match packaging::write_all(&output) {
             Ok(paths) => {
                 for path in paths {

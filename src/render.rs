@@ -9,9 +9,11 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::api::KataConfig;
-use crate::names::{CONTROL_PLANE_ROLE_LABEL, MASTER_ROLE_LABEL, WORKER_ROLE_LABEL};
-use crate::plan::{self, LabelChange, NodeInfo};
+use crate::api::{Backend, KataConfig};
+use crate::names::{
+    CONTROL_PLANE_ROLE_LABEL, DEFAULT_OPERATOR_NAMESPACE, MASTER_ROLE_LABEL, WORKER_ROLE_LABEL,
+};
+use crate::plan::{self, LabelChange, NodeInfo, node_installer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -36,7 +38,12 @@ pub struct Rendered {
     pub notes: Vec<String>,
 }
 
-pub fn render(kataconfig: &Path, nodes: Option<&Path>) -> Result<Rendered, RenderError> {
+/// Reads the KataConfig and the nodes and renders what `backend` would create or change.
+pub fn render(
+    kataconfig: &Path,
+    nodes: Option<&Path>,
+    backend: Backend,
+) -> Result<Rendered, RenderError> {
     let kc = read_kataconfig(kataconfig)?;
     let mut notes = Vec::new();
     let nodes = match nodes {
@@ -46,13 +53,34 @@ pub fn render(kataconfig: &Path, nodes: Option<&Path>) -> Result<Rendered, Rende
             example_cluster()
         }
     };
-    let desired = plan::desired_state(&kc, &nodes).map_err(|e| RenderError::Content {
+    let spec_error = |e: plan::SpecError| RenderError::Content {
         path: kataconfig.to_path_buf(),
         message: e.to_string(),
-    })?;
-    notes.extend(desired.warnings.iter().map(|w| format!("warning: {w}")));
-
+    };
     let mut out = String::new();
+    match backend {
+        Backend::MachineConfig => {
+            let desired = plan::desired_state(&kc, &nodes).map_err(spec_error)?;
+            notes.extend(desired.warnings.iter().map(|w| format!("warning: {w}")));
+            machine_config_objects(&mut out, &desired)?;
+        }
+        Backend::NodeInstaller => {
+            notes.push(format!(
+                "node-installer backend: namespaced objects are shown in the default operator namespace {DEFAULT_OPERATOR_NAMESPACE}"
+            ));
+            let desired = node_installer::desired_state(&kc, &nodes, DEFAULT_OPERATOR_NAMESPACE)
+                .map_err(spec_error)?;
+            notes.extend(desired.warnings.iter().map(|w| format!("warning: {w}")));
+            node_installer_objects(&mut out, &desired)?;
+        }
+    }
+    Ok(Rendered { yaml: out, notes })
+}
+
+fn machine_config_objects(
+    out: &mut String,
+    desired: &plan::DesiredState,
+) -> Result<(), RenderError> {
     let topology = match desired.topology() {
         plan::Topology::Regular => "regular cluster: kata nodes join the kata-oc pool",
         plan::Topology::Converged => "converged cluster: kata is installed through the master pool",
@@ -62,7 +90,52 @@ pub fn render(kataconfig: &Path, nodes: Option<&Path>) -> Result<Rendered, Rende
         "# {topology}; kata nodes: {}",
         desired.selection.kata_nodes.join(", ")
     );
-    for change in &desired.selection.label_changes {
+    label_changes(out, &desired.selection.label_changes)?;
+    if let Some(pool) = &desired.pool {
+        push_doc(out, "MachineConfigPool for the kata nodes", pool)?;
+    }
+    for mc in &desired.machine_configs {
+        push_doc(out, "MachineConfig", mc)?;
+    }
+    if let Some(crc) = &desired.container_runtime_config {
+        push_doc(out, "CRI-O log level for the kata pool", crc)?;
+    }
+    push_doc(
+        out,
+        "RuntimeClass (created once the pool has rolled out)",
+        &desired.runtime_class,
+    )
+}
+
+fn node_installer_objects(
+    out: &mut String,
+    desired: &node_installer::InstallerState,
+) -> Result<(), RenderError> {
+    let _ = writeln!(
+        out,
+        "# node-installer backend (no Machine Config Operator); kata nodes: {}",
+        desired.selection.kata_nodes.join(", ")
+    );
+    label_changes(out, &desired.selection.label_changes)?;
+    push_doc(
+        out,
+        "the installer's custom runtime (the kata handler)",
+        &desired.config_map,
+    )?;
+    push_doc(
+        out,
+        "the installer, on every node with the kata role label",
+        &desired.daemon_set,
+    )?;
+    push_doc(
+        out,
+        "RuntimeClass (schedules only onto nodes the installer finished)",
+        &desired.runtime_class,
+    )
+}
+
+fn label_changes(out: &mut String, changes: &[LabelChange]) -> Result<(), RenderError> {
+    for change in changes {
         match change {
             LabelChange::Add { node, label } => {
                 let patch = Node {
@@ -73,32 +146,14 @@ pub fn render(kataconfig: &Path, nodes: Option<&Path>) -> Result<Rendered, Rende
                     },
                     ..Default::default()
                 };
-                push_doc(
-                    &mut out,
-                    &format!("node {node}: add label {label}=\"\""),
-                    &patch,
-                )?;
+                push_doc(out, &format!("node {node}: add label {label}=\"\""), &patch)?;
             }
             LabelChange::Remove { node, label } => {
                 let _ = writeln!(out, "---\n# node {node}: remove label {label}");
             }
         }
     }
-    if let Some(pool) = &desired.pool {
-        push_doc(&mut out, "MachineConfigPool for the kata nodes", pool)?;
-    }
-    for mc in &desired.machine_configs {
-        push_doc(&mut out, "MachineConfig", mc)?;
-    }
-    if let Some(crc) = &desired.container_runtime_config {
-        push_doc(&mut out, "CRI-O log level for the kata pool", crc)?;
-    }
-    push_doc(
-        &mut out,
-        "RuntimeClass (created once the pool has rolled out)",
-        &desired.runtime_class,
-    )?;
-    Ok(Rendered { yaml: out, notes })
+    Ok(())
 }
 
 fn push_doc<T: Serialize>(out: &mut String, comment: &str, obj: &T) -> Result<(), RenderError> {

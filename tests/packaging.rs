@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sandboxed_containers_operator::api::Backend;
 use sandboxed_containers_operator::packaging::{self, csv, rbac};
 use sandboxed_containers_operator::{crdgen, render};
 use serde_json::{Value, json};
@@ -445,7 +446,12 @@ fn alm_example_with_a_wrong_field_type_is_caught() {
 
 fn rendered(kataconfig: &str, nodes: Option<&str>) -> Vec<Value> {
     let nodes = nodes.map(|n| repo().join(n));
-    let out = render::render(&repo().join(kataconfig), nodes.as_deref()).expect("render");
+    let out = render::render(
+        &repo().join(kataconfig),
+        nodes.as_deref(),
+        Backend::MachineConfig,
+    )
+    .expect("render");
     yaml_docs(&out.yaml)
 }
 
@@ -591,6 +597,15 @@ fn core_objects() -> Vec<Value> {
                 .filter(|o| o["kind"] == "Node" || o["kind"] == "RuntimeClass"),
         );
     }
+    // What the node-installer backend creates: ConfigMap, DaemonSet and its RuntimeClass, with
+    // the installer fields set and unset.
+    for kc in [
+        "examples/kataconfig.yaml",
+        "examples/kataconfig-node-installer.yaml",
+    ] {
+        let out = render::render(&repo().join(kc), None, Backend::NodeInstaller).expect("render");
+        objects.extend(yaml_docs(&out.yaml));
+    }
     objects
 }
 
@@ -662,6 +677,8 @@ fn core_objects_pass_kubernetes_validate_strict() {
         "Deployment",
         "RuntimeClass",
         "Node",
+        "DaemonSet",
+        "ConfigMap",
     ] {
         assert!(
             kinds.contains(kind),

@@ -269,3 +269,53 @@ fn crd_command_prints_the_committed_crd() {
     .expect("committed CRD");
     assert_eq!(stdout(&out), committed);
 }
+
+#[test]
+fn render_for_the_node_installer_backend_prints_config_map_daemon_set_and_runtime_class() {
+    let out = render(&[
+        "-f",
+        example("kataconfig-node-installer.yaml")
+            .to_str()
+            .expect("utf8"),
+        "--backend",
+        "node-installer",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    assert_eq!(
+        kinds(&yaml),
+        [
+            ("Node".to_string(), "worker-0".to_string()),
+            ("Node".to_string(), "worker-1".to_string()),
+            ("Node".to_string(), "worker-2".to_string()),
+            ("ConfigMap".to_string(), "kata-node-installer".to_string()),
+            ("DaemonSet".to_string(), "kata-node-installer".to_string()),
+            ("RuntimeClass".to_string(), "kata".to_string()),
+        ]
+    );
+    assert!(yaml.contains("quay.io/kata-containers/kata-deploy:4.1.0"));
+    assert!(
+        yaml.contains("value: k3s"),
+        "the distribution reaches the installer"
+    );
+    assert!(!yaml.contains("MachineConfig"), "nothing of the MCO");
+    assert!(stderr(&out).contains("node-installer backend"));
+}
+
+#[test]
+fn render_rejects_an_unknown_backend_and_lists_the_valid_ones() {
+    let out = render(&[
+        "-f",
+        example("kataconfig.yaml").to_str().expect("utf8"),
+        "--backend",
+        "ansible",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid value 'ansible' for '--backend <BACKEND>'")
+            && err.contains("machine-config")
+            && err.contains("node-installer"),
+        "{err}"
+    );
+}

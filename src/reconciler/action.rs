@@ -27,7 +27,8 @@ pub enum Desired {
     MachineConfig(MachineConfig),
     ContainerRuntimeConfig(ContainerRuntimeConfig),
     RuntimeClass(RuntimeClass),
-    DaemonSet(DaemonSet),
+    // Boxed: a DaemonSet is several times larger than the other kinds.
+    DaemonSet(Box<DaemonSet>),
     ConfigMap(ConfigMap),
 }
 

@@ -168,7 +168,7 @@ impl Writer {
                 Desired::MachineConfig(m) => self.ssa(self.cluster(), m).await,
                 Desired::ContainerRuntimeConfig(c) => self.ssa(self.cluster(), c).await,
                 Desired::RuntimeClass(r) => self.ssa(self.cluster(), r).await,
-                Desired::DaemonSet(ds) => self.ssa(self.in_namespace(), ds).await,
+                Desired::DaemonSet(ds) => self.ssa(self.in_namespace(), &**ds).await,
                 Desired::ConfigMap(c) => self.ssa(self.in_namespace(), c).await,
             },
             Action::Delete { kind, name } => match kind {

@@ -129,7 +129,7 @@ pub fn apply_one(obs: &mut Observed, a: &Action) {
             }
             Desired::ContainerRuntimeConfig(c) => obs.container_runtime_config = Some(c.clone()),
             Desired::RuntimeClass(r) => obs.runtime_class = Some(r.clone()),
-            Desired::DaemonSet(ds) => obs.installer.daemon_set = Some(ds.clone()),
+            Desired::DaemonSet(ds) => obs.installer.daemon_set = Some((**ds).clone()),
             Desired::ConfigMap(c) => obs.installer.config_map = Some(c.clone()),
         },
         Action::Delete { kind, name } => match kind {

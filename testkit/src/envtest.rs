@@ -63,8 +63,22 @@ impl Drop for EnvTest {
     }
 }
 
+/// Which platform APIs the API server serves besides Kubernetes' own and the KataConfig CRD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    /// OpenShift: the Machine Config Operator's CRDs are installed.
+    OpenShift,
+    /// Vanilla Kubernetes: no `machineconfiguration.openshift.io`.
+    Vanilla,
+}
+
 /// Start the tier from `KUBEBUILDER_ASSETS`, or print [`SKIP_MESSAGE`] and return `None`.
 pub async fn start() -> Option<EnvTest> {
+    start_on(Platform::OpenShift).await
+}
+
+/// [`start`] for the given platform.
+pub async fn start_on(platform: Platform) -> Option<EnvTest> {
     let assets = match locate_assets(std::env::var_os("KUBEBUILDER_ASSETS").as_deref()) {
         Ok(dir) => dir,
         Err(why) => {
@@ -72,7 +86,7 @@ pub async fn start() -> Option<EnvTest> {
             return None;
         }
     };
-    match start_with_assets(&assets).await {
+    match start_with_assets_on(&assets, platform).await {
         Ok(env) => Some(env),
         Err(e) => panic!(
             "envtest: KUBEBUILDER_ASSETS={} is set but the API server did not start: {e:#}",
@@ -173,6 +187,11 @@ fn check_alive(children: &mut [(&str, &mut Child, &Path)]) -> anyhow::Result<()>
 
 /// Start etcd and kube-apiserver from `assets`, wait for readiness and install the CRDs.
 pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
+    start_with_assets_on(assets, Platform::OpenShift).await
+}
+
+/// [`start_with_assets`] for the given platform.
+pub async fn start_with_assets_on(assets: &Path, platform: Platform) -> anyhow::Result<EnvTest> {
     let tmp = tempfile::Builder::new().prefix("envtest-").tempdir()?;
     let dir = tmp.path().to_path_buf();
     let ca_pem = certificates(&dir)?;
@@ -237,7 +256,7 @@ pub async fn start_with_assets(assets: &Path) -> anyhow::Result<EnvTest> {
         _tmp: tmp,
     };
     env.wait_ready(&etcd_log, &api_log).await?;
-    env.install_crds().await?;
+    env.install_crds(platform).await?;
     let manager = assets.join("kube-controller-manager");
     if manager.is_file() {
         env.start_controller_manager(&manager)?;
@@ -383,8 +402,16 @@ impl EnvTest {
         }
     }
 
-    /// The platform CRDs this operator works with, plus ours.
+    /// The OpenShift CRDs this operator works with, plus ours.
     pub fn crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+        Self::crds_for(Platform::OpenShift)
+    }
+
+    /// The CRDs a `platform` serves that this operator works with, plus ours.
+    pub fn crds_for(platform: Platform) -> anyhow::Result<Vec<CustomResourceDefinition>> {
+        if platform == Platform::Vanilla {
+            return Ok(vec![sandboxed_containers_operator::crdgen::kataconfig_crd()]);
+        }
         // `../shared/crds` from the crate; ancestors further up too, so git worktrees find it.
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let shared = manifest
@@ -411,9 +438,9 @@ impl EnvTest {
         Ok(crds)
     }
 
-    async fn install_crds(&self) -> anyhow::Result<()> {
+    async fn install_crds(&self, platform: Platform) -> anyhow::Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let crds = Self::crds()?;
+        let crds = Self::crds_for(platform)?;
         for crd in &crds {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let mut crd = crd.clone();

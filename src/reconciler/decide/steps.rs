@@ -68,7 +68,7 @@ fn foreign_keys(d: &Desired, obs: &Observed) -> Option<serde_json::Value> {
             .installer
             .daemon_set
             .as_ref()
-            .and_then(|o| foreign_keys_patch(ds, o)),
+            .and_then(|o| foreign_keys_patch(&**ds, o)),
         Desired::ConfigMap(c) => obs
             .installer
             .config_map

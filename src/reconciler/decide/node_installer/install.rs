@@ -34,7 +34,7 @@ pub(in crate::reconciler::decide) fn decide_install(
     }
     let seen = obs.installer.daemon_set.as_ref();
     if needs_apply(&desired.daemon_set, seen) {
-        let d = Desired::DaemonSet(desired.daemon_set.clone());
+        let d = Desired::DaemonSet(Box::new(desired.daemon_set.clone()));
         writes.repair(obs, d, seen.is_some());
     }
     let nodes = move_nodes(obs, &desired, &mut writes.actions);

@@ -202,8 +202,10 @@ mod tests {
     #[test]
     fn the_recorded_backend_decides_the_uninstall_even_if_discovery_changed() {
         let mut obs = installed();
-        let mut mco_back = ServedApis::default();
-        mco_back.machine_config = true;
+        let mco_back = ServedApis {
+            machine_config: true,
+            ..Default::default()
+        };
         assert_eq!(
             backend_for(&obs.kata_config, &mco_back),
             Backend::NodeInstaller
