@@ -105,6 +105,7 @@ fn test_config() -> reconciler::Config {
         request_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
+        operator_condition: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`fake_api`]: an in-memory API server behind a real `kube::Client`, authorizing with RBAC
 //!   as kube-apiserver does ([`fake_api::authz`]);
 //! - [`mco_sim`]: a Machine Config Operator simulator over any client;
+//! - [`olm`]: what OLM v0 creates around the operator and deletes with its CSV, and the
+//!   prometheus-operator CRDs a cluster may lack;
 //! - [`envtest`]: the envtest-convention real API server tier (`KUBEBUILDER_ASSETS`);
 //! - [`logs`]: log capture for one test binary;
 //! - [`bundle_check`]: the semantic OLM bundle checker (what the CSV/CRD JSON schemas cannot see);
@@ -34,6 +36,7 @@ pub mod fake_api;
 mod helpers;
 pub mod logs;
 pub mod mco_sim;
+pub mod olm;
 pub mod webhook_samples;
 
 pub use fake_api::{
