@@ -182,7 +182,11 @@ async fn monitoring_objects_appear_once_their_crds_are_served_and_go_with_the_de
         let o = fake
             .get_json(api_version, plural, Some(NAMESPACE), name)
             .unwrap_or_else(|| panic!("{plural} {name}"));
-        assert_eq!(owner_uids(&o), [deployment_uid.clone()], "{plural} {name}");
+        assert_eq!(
+            owner_uids(&o),
+            std::slice::from_ref(&deployment_uid),
+            "{plural} {name}"
+        );
     }
     let role = fake
         .get_json(
