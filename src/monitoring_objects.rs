@@ -249,6 +249,37 @@ mod tests {
     #[test]
     fn a_deployment_without_uid_is_no_owner() {
         assert_eq!(deployment_owner(&Deployment::default()), None);
+        let e = Error::OwnerWithoutUid {
+            namespace: "ns".into(),
+            name: "op".into(),
+        };
+        assert_eq!(e.to_string(), "Deployment ns/op has no uid yet; retrying");
+    }
+
+    #[test]
+    fn errors_name_the_object_and_the_cause() {
+        let timeout = CallError::Timeout(Duration::from_secs(2));
+        let e = Error::Apply {
+            kind: "ServiceMonitor".into(),
+            namespace: "ns".into(),
+            name: "m".into(),
+            source: timeout,
+        };
+        assert_eq!(
+            e.to_string(),
+            "applying ServiceMonitor ns/m: no answer from the API server within 2s"
+        );
+        let source = serde_json::from_value::<DynamicObject>(json!(1)).expect_err("not an object");
+        let e = Error::Build {
+            kind: "Role".into(),
+            name: "r".into(),
+            source,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("Role r does not deserialize as an object: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -409,3 +409,45 @@ async fn upgradeable_is_false_while_kata_rolls_through_nodes_and_true_once_settl
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_operator_condition_fails_the_reconcile_with_its_name_and_is_retried() {
+    let logs = testkit::logs::capture("sandboxed_containers_operator=info");
+    let fake = FakeApi::new();
+    seed_cluster(&fake, 3, 2, false);
+    fake.insert_json(testkit::olm::operator_condition_crd());
+    let operator = Operator::start(
+        fake.client(),
+        run_args(&[
+            "--no-leader-elect",
+            "--operator-condition",
+            "deleted-by-hand.v0.0.1",
+        ]),
+    );
+    let kc: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": "example-kataconfig"}, "spec": {},
+    }))
+    .expect("kataconfig");
+    Api::<KataConfig>::all(fake.client_as("admin"))
+        .create(&PostParams::default(), &kc)
+        .await
+        .expect("create");
+    let expected = format!(
+        "setting Upgradeable=false on OperatorCondition {NAMESPACE}/deleted-by-hand.v0.0.1 (OLM's OPERATOR_CONDITION_NAME): "
+    );
+    eventually(
+        "the failed write is reported, naming the OperatorCondition",
+        || logs.text().contains(&expected),
+    )
+    .await;
+    eventually("and retried", || {
+        fake.requests_by("operator")
+            .iter()
+            .filter(|r| r.resource == "operatorconditions" && r.verb == "get")
+            .count()
+            >= 2
+    })
+    .await;
+    operator.stop().await;
+}

@@ -290,7 +290,6 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
         ctx.writer.status(kc, status).await?;
     }
     events::publish(&ctx.recorder, kc, &d.events).await;
-    report_upgradeable(ctx, &d, &obs).await?;
     if let Some(reported) = &d.reported
         && obs.active.as_deref() == Some(kc.name_any().as_str())
     {
@@ -316,6 +315,7 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
             ctx.owned.stop_pod_watch().await;
         }
     }
+    report_upgradeable(ctx, &d, &obs).await?;
     Ok(d.outcome)
 }
 

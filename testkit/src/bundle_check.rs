@@ -1245,6 +1245,65 @@ pub fn read_bundle_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
 }
 
 #[cfg(test)]
+mod required_api_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(api_version: &str, kind: &str) -> (String, Value) {
+        (
+            format!("manifests/{kind}.yaml"),
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}}),
+        )
+    }
+
+    #[test]
+    fn built_in_apis_need_nothing_and_crd_kinds_need_a_source() {
+        let mut p = Vec::new();
+        check_required_apis(
+            &[
+                obj("v1", "Service"),
+                obj("rbac.authorization.k8s.io/v1", "Role"),
+                obj("policy/v1", "PodDisruptionBudget"),
+                obj("autoscaling.k8s.io/v1", "VerticalPodAutoscaler"),
+                obj("console.openshift.io/v1", "ConsoleYAMLSample"),
+            ],
+            &mut p,
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("manifests/VerticalPodAutoscaler.yaml: VerticalPodAutoscaler (autoscaling.k8s.io/v1) needs a CRD"), "{p:?}");
+        assert!(
+            p[1].contains("ConsoleYAMLSample (console.openshift.io/v1)"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_bundled_crd_or_a_native_api_provides_the_kind() {
+        let crd = (
+            "manifests/crd.yaml".to_string(),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "spec": {"group": "example.com", "names": {"kind": "Widget"}}}),
+        );
+        let csv = (
+            "manifests/csv.yaml".to_string(),
+            json!({"apiVersion": "operators.coreos.com/v1alpha1", "kind": "ClusterServiceVersion",
+                   "spec": {"nativeAPIs": [{"group": "console.openshift.io", "version": "v1", "kind": "ConsoleYAMLSample"}]}}),
+        );
+        let mut p = Vec::new();
+        check_required_apis(
+            &[
+                crd,
+                csv,
+                obj("example.com/v1", "Widget"),
+                obj("console.openshift.io/v1", "ConsoleYAMLSample"),
+            ],
+            &mut p,
+        );
+        assert!(p.is_empty(), "{p:?}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use sandboxed_containers_operator::packaging::{self, bundle_dockerfile, bundle_files};
