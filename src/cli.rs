@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up; boxing `Run` would only change every caller's pattern.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: reconciler, admission webhooks, metrics and health endpoints.
@@ -124,4 +126,13 @@ pub struct RunArgs {
     /// the Machine Config Operator, prometheus-operator's monitoring API).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub discovery_interval_seconds: u64,
+    /// The operator's own Deployment (in --namespace): owner of the monitoring objects the
+    /// operator keeps while monitoring.coreos.com/v1 is served (ServiceMonitor, PrometheusRule,
+    /// the Prometheus Role and RoleBinding), so they go when it goes. Unset: it keeps none.
+    #[arg(long, env = "OPERATOR_DEPLOYMENT_NAME", value_name = "NAME")]
+    pub owner_deployment: Option<String>,
+    /// The OperatorCondition OLM created for this operator (OLM sets OPERATOR_CONDITION_NAME):
+    /// the leader sets its `Upgradeable` condition. Unset: no OperatorCondition is written.
+    #[arg(long, env = "OPERATOR_CONDITION_NAME", value_name = "NAME")]
+    pub operator_condition: Option<String>,
 }

@@ -15,6 +15,7 @@
 //! | [`observability`] | metric registry and `/metrics` (TokenReview/SAR), readiness and health, logging, signals | `server` |
 //! | [`leader`] | Lease leader election | `observability` |
 //! | [`discovery`] | which optional APIs the server serves (ValidatingAdmissionPolicy, MCO, monitoring) | — |
+//! | [`monitoring_objects`] | the ServiceMonitor, PrometheusRule and Prometheus RBAC the operator keeps while monitoring is served, owned by its Deployment | `cache`, `kubeapi`, `packaging` |
 //! | [`kubeapi`] | the shared write helpers (SSA, delete ignoring 404, timeouts) and API error classes | `names` |
 //! | [`server`] | the TLS/plain HTTP server with graceful drain every listener uses | — |
 //! | [`run`] | `run`: every part under one shutdown signal | all of the above |
@@ -33,6 +34,7 @@ pub mod crdgen;
 pub mod discovery;
 pub mod kubeapi;
 pub mod leader;
+pub mod monitoring_objects;
 pub mod names;
 pub mod observability;
 pub mod packaging;

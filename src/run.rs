@@ -93,6 +93,20 @@ pub async fn run_with(
             }),
         ));
     }
+    if let (Some(cluster), Some(deployment)) = (
+        cluster.clone(),
+        args.owner_deployment.as_deref().filter(|d| !d.is_empty()),
+    ) {
+        parts.push((
+            "monitoring",
+            Box::pin(crate::monitoring_objects::run(
+                client.clone(),
+                cluster,
+                crate::monitoring_objects::Config::new(&args.namespace, deployment),
+                shutdown.clone(),
+            )),
+        ));
+    }
     if let Some(cluster) = cluster.filter(|_| !args.disable_controller) {
         parts.push((
             "controller",
@@ -140,10 +154,7 @@ async fn controller(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = crate::reconciler::Config {
-        instance: args.identity.clone(),
-        ..Default::default()
-    };
+    let config = reconciler_config(&args);
     if args.no_leader_elect {
         return crate::reconciler::run(client, cluster, config, metrics, readiness, shutdown).await;
     }
@@ -167,6 +178,25 @@ async fn controller(
         lead,
     )
     .await
+}
+
+/// The reconciler's settings from the `run` flags.
+fn reconciler_config(args: &RunArgs) -> crate::reconciler::Config {
+    crate::reconciler::Config {
+        instance: args.identity.clone(),
+        namespace: args.namespace.clone(),
+        operator_condition: args
+            .operator_condition
+            .clone()
+            .filter(|name| !name.is_empty())
+            .map(
+                |name| crate::reconciler::upgradeable::OperatorConditionRef {
+                    namespace: args.namespace.clone(),
+                    name,
+                },
+            ),
+        ..Default::default()
+    }
 }
 
 /// Runs the parts until all have stopped. Any part failing, or ending before shutdown, stops the

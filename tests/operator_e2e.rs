@@ -3,8 +3,12 @@
 //! server and the MCO simulator, driven like a cluster administrator and a tenant would:
 //! install, admit a pod over HTTPS, scrape metrics with a bearer token, uninstall, shut down.
 //! The same run's request log proves the generated RBAC covers exactly what the operator calls,
-//! and its captured logs prove no secret material is ever logged.
+//! and its captured logs prove no secret material is ever logged. The operator runs as OLM
+//! installs it (its Deployment, OperatorCondition and OLM's Role on it, the bundle's Services, a
+//! cluster with prometheus-operator), and at the end its CSV is deleted: only what the design
+//! keeps on purpose (docs/packaging.md) may remain.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,12 @@ fn run_args(
         &metrics.to_string(),
         "--health-bind",
         &health.to_string(),
+        "--discovery-interval-seconds",
+        "1",
+        "--owner-deployment",
+        "sandboxed-containers-operator",
+        "--operator-condition",
+        &testkit::olm::operator_condition_name(),
     ])
     .expect("run flags parse");
     match cli.command {
@@ -70,6 +80,53 @@ fn pod_review(namespace: &str) -> Value {
     review["request"]["namespace"] = json!(namespace);
     review["request"]["object"]["metadata"]["namespace"] = json!(namespace);
     review
+}
+
+/// `apiVersion kind namespace/name` of a stored object.
+fn object_key(o: &Value) -> String {
+    format!(
+        "{} {} {}/{}",
+        o["apiVersion"].as_str().unwrap_or_default(),
+        o["kind"].as_str().unwrap_or_default(),
+        o["metadata"]["namespace"].as_str().unwrap_or_default(),
+        o["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The MCO simulator's own pools and rendered MachineConfigs.
+fn made_by_the_mco(key: &str) -> bool {
+    key.contains("MachineConfigPool /master")
+        || key.contains("MachineConfigPool /worker")
+        || key.contains("MachineConfig /rendered-")
+}
+
+/// What docs/packaging.md lists as kept after the CSV is deleted.
+fn kept_on_purpose(key: &str) -> bool {
+    let kept = [
+        // The KataConfig validating configuration goes with the KataConfig CRD (kept by OLM v0).
+        "admissionregistration.k8s.io/v1 ValidatingWebhookConfiguration /sandboxed-containers-operator-kataconfig",
+        // The webhook CA, so a reinstall serves the certificate the caBundle still names.
+        &format!("v1 Secret {NAMESPACE}/sandboxed-containers-operator-webhook-cert"),
+        // The released leader Lease.
+        &format!("coordination.k8s.io/v1 Lease {NAMESPACE}/sandboxed-containers-operator-leader"),
+    ];
+    // Events expire on their own (the API server's event TTL, 1 h by default).
+    kept.contains(&key) || key.starts_with("events.k8s.io/v1 Event ")
+}
+
+/// `spec.conditions[Upgradeable].status` of the OperatorCondition.
+fn upgradeable(fake: &FakeApi) -> Option<String> {
+    let oc = fake.get_json(
+        "operators.coreos.com/v2",
+        "operatorconditions",
+        Some(NAMESPACE),
+        &testkit::olm::operator_condition_name(),
+    )?;
+    oc["spec"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Upgradeable")
+        .and_then(|c| c["status"].as_str().map(String::from))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +158,14 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     .await
     .expect("mco simulator");
     let admin = fake.client_as("admin");
+    // Installed by OLM on a cluster with prometheus-operator.
+    fake.insert_json(testkit::olm::operator_condition_crd());
+    for crd in testkit::olm::monitoring_crds() {
+        fake.insert_json(crd);
+    }
+    for obj in testkit::olm::installed_objects(NAMESPACE) {
+        fake.insert_json(obj);
+    }
     let tenant: Namespace = serde_json::from_value(json!({
         "metadata": {"name": "tenant", "labels": {"kataconfiguration.openshift.io/policy": "default"}}
     }))
@@ -114,6 +179,7 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
+    let before: BTreeSet<String> = fake.all_objects().iter().map(object_key).collect();
     let operator = tokio::spawn(run::run_with(
         fake.client(),
         run_args(webhook_addr, metrics_addr, health_addr),
@@ -160,6 +226,29 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // OLM may upgrade the operator now that kata is settled; the monitoring objects exist.
+    eventually("Upgradeable=True on the OperatorCondition", || {
+        upgradeable(&fake).as_deref() == Some("True")
+    })
+    .await;
+    eventually("ServiceMonitor and PrometheusRule applied", || {
+        !fake
+            .list_json(
+                "monitoring.coreos.com/v1",
+                "servicemonitors",
+                Some(NAMESPACE),
+            )
+            .is_empty()
+            && !fake
+                .list_json(
+                    "monitoring.coreos.com/v1",
+                    "prometheusrules",
+                    Some(NAMESPACE),
+                )
+                .is_empty()
+    })
+    .await;
 
     // Health over plain HTTP.
     let plain = reqwest::Client::new();
@@ -354,6 +443,20 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
         "core/configmaps create",
         "core/configmaps patch",
         "core/configmaps delete",
+        // Held for the RBAC escalation check on the Prometheus Role, never called
+        // (envtest_operator::real_api_server_lets_the_operator_create_the_prometheus_role).
+        "core/services list",
+        "core/services watch",
+        "core/endpoints list",
+        "core/endpoints watch",
+        "discovery.k8s.io/endpointslices list",
+        "discovery.k8s.io/endpointslices watch",
+        // Adopting monitoring objects applied from deploy/monitoring.yaml changes their
+        // ownerReferences (OwnerReferencesPermissionEnforcement; tests/olm.rs adopts them).
+        "monitoring.coreos.com/servicemonitors delete",
+        "monitoring.coreos.com/prometheusrules delete",
+        "rbac.authorization.k8s.io/roles delete",
+        "rbac.authorization.k8s.io/rolebindings delete",
     ];
     let unexplained: Vec<_> = coverage
         .unused
@@ -363,6 +466,24 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     assert!(
         unexplained.is_empty(),
         "granted but never used (remove from src/packaging/rbac.rs): {unexplained:#?}"
+    );
+
+    // The CSV is deleted: OLM deletes what it created, the garbage collector what they owned.
+    for (api_version, plural, ns, name) in testkit::olm::deleted_with_the_csv(NAMESPACE) {
+        assert!(
+            fake.delete(api_version, plural, ns.as_deref(), &name),
+            "{plural} {name} existed"
+        );
+    }
+    let left: Vec<String> = fake
+        .all_objects()
+        .iter()
+        .map(object_key)
+        .filter(|k| !before.contains(k) && !made_by_the_mco(k) && !kept_on_purpose(k))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind after the CSV was deleted: {left:#?}"
     );
 
     // No secret material in the logs of the whole run.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sandboxed_containers_operator::api::Backend;
-use sandboxed_containers_operator::packaging::{self, csv, rbac};
+use sandboxed_containers_operator::packaging::{self, csv, monitoring, rbac};
 use sandboxed_containers_operator::{crdgen, render};
 use serde_json::{Value, json};
 use testkit::bundle_check as check;
@@ -152,6 +152,74 @@ fn committed_bundle_passes_the_semantic_checker() {
         std::fs::read_to_string(repo().join("bundle.Dockerfile")).expect("bundle.Dockerfile");
     let findings = check::check_bundle(&files, &dockerfile);
     assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn a_bundled_object_needing_a_crd_outside_the_bundle_fails_the_checker() {
+    // What broke OLM installs without prometheus-operator: the InstallPlan fails on the first
+    // object whose kind the cluster does not serve, and nothing installs.
+    let mut files = check::read_bundle_dir(&repo().join("bundle")).expect("bundle dir");
+    let dockerfile =
+        std::fs::read_to_string(repo().join("bundle.Dockerfile")).expect("bundle.Dockerfile");
+    let monitor = monitoring::service_monitor(None);
+    files.push((
+        PathBuf::from("manifests/sandboxed-containers-operator-metrics_monitoring.coreos.com_v1_servicemonitor.yaml"),
+        packaging::to_yaml(&monitor).expect("yaml"),
+    ));
+    let findings = check::check_bundle(&files, &dockerfile);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(
+        findings[0].contains("ServiceMonitor (monitoring.coreos.com/v1) needs a CRD that is neither in the bundle nor in spec.nativeAPIs"),
+        "{findings:#?}"
+    );
+
+    // The same object passes once the CSV declares the API native (OLM then checks it exists).
+    let csv_path = PathBuf::from("manifests").join(packaging::csv_file());
+    let mut csv = generated_csv();
+    csv["spec"]["nativeAPIs"] =
+        json!([{"group": "monitoring.coreos.com", "version": "v1", "kind": "ServiceMonitor"}]);
+    for (path, content) in &mut files {
+        if *path == csv_path {
+            *content = packaging::to_yaml(&csv).expect("yaml");
+        }
+    }
+    let findings = check::check_bundle(&files, &dockerfile);
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn the_bundle_needs_no_monitoring_crds_and_the_operator_knows_its_deployment() {
+    let files = check::read_bundle_dir(&repo().join("bundle")).expect("bundle dir");
+    for (path, content) in &files {
+        let obj: Value = serde_yaml::from_str(content).expect("YAML");
+        assert!(
+            !obj["apiVersion"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("monitoring.coreos.com/")),
+            "{} is a monitoring.coreos.com object: the operator keeps those itself",
+            path.display()
+        );
+    }
+    let csv = generated_csv();
+    let deployment = &csv["spec"]["install"]["spec"]["deployments"][0];
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env");
+    let owner = env
+        .iter()
+        .find(|e| e["name"] == "OPERATOR_DEPLOYMENT_NAME")
+        .expect("OPERATOR_DEPLOYMENT_NAME");
+    assert_eq!(owner["value"], deployment["name"]);
+    // `deploy/monitoring.yaml` stays for installs without OLM, from the same builders.
+    let plain = std::fs::read_to_string(repo().join("deploy/monitoring.yaml")).expect("monitoring");
+    let kinds: Vec<Value> = yaml_docs(&plain)
+        .iter()
+        .map(|d| d["kind"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Role", "RoleBinding", "ServiceMonitor", "PrometheusRule"]
+    );
 }
 
 #[test]
@@ -578,6 +646,14 @@ fn core_objects() -> Vec<Value> {
             objects.push(obj);
         }
     }
+    // The Prometheus Role and RoleBinding the operator keeps (same builders as the operator's).
+    let plain_monitoring =
+        std::fs::read_to_string(repo().join("deploy/monitoring.yaml")).expect("monitoring");
+    objects.extend(yaml_docs(&plain_monitoring).into_iter().filter(|o| {
+        o["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("rbac.authorization.k8s.io"))
+    }));
     objects.extend(repo_webhook_configurations());
     // The CSV's install strategy, as the Deployment OLM creates from it.
     let csv = generated_csv();

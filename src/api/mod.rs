@@ -1,8 +1,10 @@
-//! Typed API models: our `KataConfig` and the Machine Config Operator resources we read and write.
+//! Typed API models: our `KataConfig`, the Machine Config Operator resources we read and write,
+//! and OLM's `OperatorCondition`.
 
 pub mod kataconfig;
 pub mod mco;
 pub mod namespace_policy;
+pub mod operator_condition;
 
 pub use kataconfig::{
     Backend, KataConfig, KataConfigSpec, KataConfigStatus, KataNodesStatus, NodeInstallerSettings,

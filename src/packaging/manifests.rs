@@ -121,6 +121,13 @@ pub fn deployment_spec() -> DeploymentSpec {
                 }),
                 ..Default::default()
             },
+            // The Deployment's own name, so the operator can make it the owner of the monitoring
+            // objects it keeps (the downward API cannot name a pod's Deployment).
+            EnvVar {
+                name: "OPERATOR_DEPLOYMENT_NAME".to_string(),
+                value: Some(OPERATOR_NAME.to_string()),
+                ..Default::default()
+            },
             EnvVar {
                 name: "RUST_LOG".to_string(),
                 value: Some("info".to_string()),

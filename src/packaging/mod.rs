@@ -129,33 +129,17 @@ pub fn csv_file() -> String {
     format!("{PACKAGE}.clusterserviceversion.yaml")
 }
 
-/// Objects OpenShift's Prometheus needs to scrape the operator namespace: service discovery in
-/// the namespace and the right to GET /metrics.
-fn prometheus_access() -> anyhow::Result<Vec<Value>> {
-    let subject = json!([{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "openshift-monitoring"}]);
-    let labels = json!({"app.kubernetes.io/name": OPERATOR_NAME});
-    Ok(vec![
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "sandboxed-containers-operator-prometheus", "labels": labels},
-            "rules": [
-                {"apiGroups": [""], "resources": ["services", "endpoints", "pods"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-            ],
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "sandboxed-containers-operator-prometheus", "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sandboxed-containers-operator-prometheus"},
-            "subjects": subject,
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": METRICS_READER_ROLE, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": METRICS_READER_ROLE},
-            "subjects": subject,
-        }),
-    ])
+/// Lets OpenShift's Prometheus GET /metrics. Cluster-scoped, so it stays in the bundle: OLM
+/// labels it `olm.owner` and deletes it with the CSV (the namespaced Prometheus Role, RoleBinding,
+/// ServiceMonitor and PrometheusRule are kept by the operator, `crate::monitoring_objects`).
+fn prometheus_metrics_reader_binding() -> Value {
+    let (sa_namespace, sa_name) = monitoring::PROMETHEUS_SERVICE_ACCOUNT;
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": METRICS_READER_ROLE, "labels": {"app.kubernetes.io/name": OPERATOR_NAME}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": METRICS_READER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
+    })
 }
 
 /// Every file of `bundle/`, paths relative to it.
@@ -176,9 +160,7 @@ pub fn bundle_files() -> anyhow::Result<Vec<(PathBuf, String)>> {
     extras.push(serde_json::to_value(
         manifests::metrics_reader_cluster_role(),
     )?);
-    extras.extend(prometheus_access()?);
-    extras.push(monitoring::service_monitor(None));
-    extras.push(monitoring::prometheus_rule(None));
+    extras.push(prometheus_metrics_reader_binding());
     for obj in &extras {
         files.push((m(manifest_name(obj)), to_yaml(obj)?));
     }
@@ -276,11 +258,10 @@ pub fn deploy_files() -> anyhow::Result<Vec<(PathBuf, String)>> {
         multi_doc(&manifests::plain_objects()?)?
     );
     let monitoring = format!(
-        "{header}# Needs the prometheus-operator CRDs (ServiceMonitor, PrometheusRule).\n{}",
-        multi_doc(&[
-            monitoring::service_monitor(Some(DEFAULT_OPERATOR_NAMESPACE)),
-            monitoring::prometheus_rule(Some(DEFAULT_OPERATOR_NAMESPACE)),
-        ])?
+        "{header}# Needs the prometheus-operator CRDs (ServiceMonitor, PrometheusRule). The operator applies\n# the same objects itself once they are served (docs/observability.md); this file is for\n# installs that keep them in Git or run the operator outside the cluster.\n{}",
+        multi_doc(&monitoring::monitoring_objects(Some(
+            DEFAULT_OPERATOR_NAMESPACE
+        )))?
     );
     let olm = format!(
         "{header}# Install through OLM from a catalog image (see docs/packaging.md for building it).\n# kubectl apply -f deploy/olm.yaml\n{}",

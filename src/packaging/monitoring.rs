@@ -1,25 +1,82 @@
 //! ServiceMonitor and PrometheusRule (prometheus-operator CRDs) for the metrics of
-//! `crate::metrics`. Alerts use only metric names the registry exports (a test holds them to it).
+//! `crate::metrics`, and the Role/RoleBinding that let OpenShift's Prometheus discover the
+//! operator's namespace. Alerts use only metric names the registry exports (a test holds them to
+//! it). One source: `deploy/monitoring.yaml` and the objects the running operator keeps itself
+//! (`crate::monitoring_objects`) are both built here.
 
 use serde_json::{Value, json};
 
 use super::identity::{METRICS_SERVICE, OPERATOR_NAME};
 use super::manifests::COMPONENT_LABEL;
 
-/// Scrapes `sandboxed-containers-operator-metrics` over HTTPS with the Prometheus service
-/// account's token (the operator checks it with TokenReview + SubjectAccessReview).
-pub fn service_monitor(namespace: Option<&str>) -> Value {
+/// Name of the Role (and RoleBinding) that lets Prometheus discover the operator namespace.
+pub const PROMETHEUS_ROLE: &str = "sandboxed-containers-operator-prometheus";
+/// OpenShift's platform Prometheus.
+pub const PROMETHEUS_SERVICE_ACCOUNT: (&str, &str) = ("openshift-monitoring", "prometheus-k8s");
+
+/// What the Prometheus Role grants: `(group, resource)` with [`PROMETHEUS_VERBS`]. Prometheus'
+/// Kubernetes service discovery only lists and watches. The operator must hold every one of
+/// these itself: the API server refuses to let anyone create a Role granting more than they hold
+/// (RBAC escalation check), so `packaging::rbac` has a row for each.
+pub const PROMETHEUS_DISCOVERY: [(&str, &str); 4] = [
+    ("", "services"),
+    ("", "endpoints"),
+    ("", "pods"),
+    ("discovery.k8s.io", "endpointslices"),
+];
+pub const PROMETHEUS_VERBS: [&str; 2] = ["list", "watch"];
+
+fn metadata(name: &str, namespace: Option<&str>) -> Value {
     let mut metadata = json!({
-        "name": METRICS_SERVICE,
+        "name": name,
         "labels": {"app.kubernetes.io/name": OPERATOR_NAME},
     });
     if let Some(ns) = namespace {
         metadata["namespace"] = json!(ns);
     }
+    metadata
+}
+
+/// The Role that lets Prometheus discover the metrics Service's endpoints.
+pub fn prometheus_role(namespace: Option<&str>) -> Value {
+    let mut groups: Vec<&str> = PROMETHEUS_DISCOVERY.iter().map(|(g, _)| *g).collect();
+    groups.dedup();
+    let rules: Vec<Value> = groups
+        .iter()
+        .map(|group| {
+            let resources: Vec<&str> = PROMETHEUS_DISCOVERY
+                .iter()
+                .filter(|(g, _)| g == group)
+                .map(|(_, r)| *r)
+                .collect();
+            json!({"apiGroups": [group], "resources": resources, "verbs": PROMETHEUS_VERBS})
+        })
+        .collect();
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": metadata(PROMETHEUS_ROLE, namespace),
+        "rules": rules,
+    })
+}
+
+/// Binds [`prometheus_role`] to OpenShift's `prometheus-k8s`.
+pub fn prometheus_role_binding(namespace: Option<&str>) -> Value {
+    let (sa_namespace, sa_name) = PROMETHEUS_SERVICE_ACCOUNT;
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": metadata(PROMETHEUS_ROLE, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PROMETHEUS_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
+    })
+}
+
+/// Scrapes `sandboxed-containers-operator-metrics` over HTTPS with the Prometheus service
+/// account's token (the operator checks it with TokenReview + SubjectAccessReview).
+pub fn service_monitor(namespace: Option<&str>) -> Value {
     json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": metadata,
+        "metadata": metadata(METRICS_SERVICE, namespace),
         "spec": {
             "selector": {"matchLabels": {
                 "app.kubernetes.io/name": OPERATOR_NAME,
@@ -97,19 +154,23 @@ pub fn prometheus_rule(namespace: Option<&str>) -> Value {
             })
         })
         .collect();
-    let mut metadata = json!({
-        "name": OPERATOR_NAME,
-        "labels": {"app.kubernetes.io/name": OPERATOR_NAME},
-    });
-    if let Some(ns) = namespace {
-        metadata["namespace"] = json!(ns);
-    }
     json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": metadata,
+        "metadata": metadata(OPERATOR_NAME, namespace),
         "spec": {"groups": [{"name": "sandboxed-containers-operator.rules", "rules": rules}]},
     })
+}
+
+/// Everything the monitoring of the operator namespace needs, in apply order: the Prometheus
+/// Role and RoleBinding, the ServiceMonitor and the PrometheusRule.
+pub fn monitoring_objects(namespace: Option<&str>) -> Vec<Value> {
+    vec![
+        prometheus_role(namespace),
+        prometheus_role_binding(namespace),
+        service_monitor(namespace),
+        prometheus_rule(namespace),
+    ]
 }
 
 /// Metric names an expression refers to (identifiers that start with `kata_`).
@@ -205,6 +266,36 @@ mod tests {
                 "KataWebhookErrors"
             ]
         );
+    }
+
+    #[test]
+    fn prometheus_role_grants_discovery_in_one_rule_per_group() {
+        let role = prometheus_role(Some("ns"));
+        assert_eq!(role["metadata"]["namespace"], "ns");
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["services", "endpoints", "pods"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ])
+        );
+        let binding = prometheus_role_binding(None);
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["name"], "prometheus-k8s");
+        assert!(binding["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn the_operator_holds_every_permission_the_prometheus_role_grants() {
+        // Else the API server's RBAC escalation check refuses the operator's apply of the Role.
+        for (group, resource) in PROMETHEUS_DISCOVERY {
+            for verb in PROMETHEUS_VERBS {
+                assert!(
+                    crate::packaging::rbac::allows(group, resource, verb, true),
+                    "the operator cannot {verb} {group}/{resource} in its namespace"
+                );
+            }
+        }
     }
 
     #[test]

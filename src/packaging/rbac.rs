@@ -13,6 +13,10 @@ pub enum Scope {
     Cluster,
     /// Role bound in the operator's own namespace only (`POD_NAMESPACE`).
     OperatorNamespace,
+    /// Granted by OLM, not by us: the Role OLM creates for the operator's OperatorCondition
+    /// (get/update/patch on that one `operatorconditions` name in the operator namespace). Not
+    /// rendered into the CSV or `deploy/`; listed so the calls made under it are accounted for.
+    GrantedByOlm,
 }
 
 /// One grant: these verbs on this resource (a `resource/subresource` form for subresources).
@@ -34,6 +38,14 @@ const READ: &[&str] = &["list", "watch"];
 const OWNED: &[&str] = &["list", "watch", "create", "patch", "delete"];
 /// Applied and deleted, never read back.
 const APPLIED: &[&str] = &["create", "patch", "delete"];
+/// Applied with an ownerReference, never deleted by us (the garbage collector does): `delete` is
+/// what `OwnerReferencesPermissionEnforcement` (on by default in OpenShift) asks of whoever adds
+/// an ownerReference to an existing object, e.g. one applied from `deploy/monitoring.yaml`.
+const ADOPTED: &[&str] = &["create", "patch", "delete"];
+/// Held only because the Prometheus Role grants it: the API server refuses to let anyone create a
+/// Role granting more than they hold themselves (RBAC escalation check).
+const PROMETHEUS_DISCOVERY: &str = "held so the operator may create the Prometheus Role that grants it (RBAC escalation check); never called";
+const MONITORING: &str = "the ServiceMonitor, PrometheusRule and Prometheus Role/RoleBinding the operator keeps (owned by its Deployment) while monitoring.coreos.com/v1 is served";
 
 static RULES: &[ApiAccess] = &[
     ApiAccess {
@@ -175,6 +187,69 @@ static RULES: &[ApiAccess] = &[
         verbs: &["get", "list", "watch", "create", "update"],
         scope: Scope::OperatorNamespace,
         why: "the webhook CA and serving certificate",
+    },
+    ApiAccess {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get"],
+        scope: Scope::OperatorNamespace,
+        why: "the operator's own Deployment (--owner-deployment) is the owner of the monitoring objects it keeps, so they go with it",
+    },
+    ApiAccess {
+        group: "monitoring.coreos.com",
+        resource: "servicemonitors",
+        verbs: ADOPTED,
+        scope: Scope::OperatorNamespace,
+        why: MONITORING,
+    },
+    ApiAccess {
+        group: "monitoring.coreos.com",
+        resource: "prometheusrules",
+        verbs: ADOPTED,
+        scope: Scope::OperatorNamespace,
+        why: MONITORING,
+    },
+    ApiAccess {
+        group: "rbac.authorization.k8s.io",
+        resource: "roles",
+        verbs: ADOPTED,
+        scope: Scope::OperatorNamespace,
+        why: MONITORING,
+    },
+    ApiAccess {
+        group: "rbac.authorization.k8s.io",
+        resource: "rolebindings",
+        verbs: ADOPTED,
+        scope: Scope::OperatorNamespace,
+        why: MONITORING,
+    },
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: READ,
+        scope: Scope::OperatorNamespace,
+        why: PROMETHEUS_DISCOVERY,
+    },
+    ApiAccess {
+        group: "",
+        resource: "endpoints",
+        verbs: READ,
+        scope: Scope::OperatorNamespace,
+        why: PROMETHEUS_DISCOVERY,
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: READ,
+        scope: Scope::OperatorNamespace,
+        why: PROMETHEUS_DISCOVERY,
+    },
+    ApiAccess {
+        group: "operators.coreos.com",
+        resource: "operatorconditions",
+        verbs: &["get", "patch"],
+        scope: Scope::GrantedByOlm,
+        why: "Upgradeable on the OperatorCondition OLM names in OPERATOR_CONDITION_NAME (read, then spec.conditions merge-patched)",
     },
 ];
 
@@ -379,7 +454,7 @@ mod tests {
             .flat_map(|r| {
                 r.verbs
                     .iter()
-                    .map(move |v| call(r.group, r.resource, v, r.scope == Scope::OperatorNamespace))
+                    .map(move |v| call(r.group, r.resource, v, r.scope != Scope::Cluster))
             })
             .collect();
         assert_eq!(coverage(&all), Coverage::default());
@@ -403,7 +478,8 @@ mod tests {
     fn policy_rules_reproduce_the_table() {
         let cluster = policy_rules(Scope::Cluster);
         let ns = policy_rules(Scope::OperatorNamespace);
-        assert_eq!(cluster.len() + ns.len(), rules().len());
+        let olm = policy_rules(Scope::GrantedByOlm);
+        assert_eq!(cluster.len() + ns.len() + olm.len(), rules().len());
         for rule in cluster.iter().chain(&ns) {
             let group = &rule.api_groups.as_deref().unwrap_or_default()[0];
             let resource = &rule.resources.as_deref().unwrap_or_default()[0];
@@ -415,5 +491,38 @@ mod tests {
             ns.iter()
                 .any(|r| r.resources == Some(vec!["leases".into()]))
         );
+    }
+
+    #[test]
+    fn operator_conditions_are_only_what_olm_grants_and_never_rendered() {
+        // OLM's Role: get/update/patch on the one OperatorCondition, in the operator namespace.
+        let rows: Vec<_> = rules()
+            .iter()
+            .filter(|r| r.resource == "operatorconditions")
+            .collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].scope, Scope::GrantedByOlm);
+        for verb in rows[0].verbs {
+            assert!(["get", "update", "patch"].contains(verb), "{verb}");
+            assert!(allows(
+                "operators.coreos.com",
+                "operatorconditions",
+                verb,
+                true
+            ));
+            assert!(!allows(
+                "operators.coreos.com",
+                "operatorconditions",
+                verb,
+                false
+            ));
+        }
+        for scope in [Scope::Cluster, Scope::OperatorNamespace] {
+            assert!(
+                policy_rules(scope)
+                    .iter()
+                    .all(|r| r.api_groups != Some(vec!["operators.coreos.com".to_string()]))
+            );
+        }
     }
 }

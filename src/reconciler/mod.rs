@@ -11,6 +11,7 @@
 //! | `observe.rs` | the snapshot, and the watches only the reconciler needs |
 //! | `apply.rs` | the writer |
 //! | `status.rs`, `events.rs`, `error.rs` | conditions, Events, classified errors |
+//! | `upgradeable.rs` | `Upgradeable` for OLM's OperatorCondition, derived from each decision |
 //!
 //! Progress is event-driven: the shared caches (nodes, RuntimeClasses, KataConfigs), and the
 //! reconciler's own (MachineConfigPools, our MachineConfigs, the ContainerRuntimeConfig and,
@@ -27,6 +28,7 @@ pub mod events;
 mod fixtures;
 pub mod observe;
 pub mod status;
+pub mod upgradeable;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// The operator namespace (the node installer runs there).
     pub namespace: String,
+    /// OLM's OperatorCondition for this operator: `Upgradeable` is kept there. `None` outside OLM.
+    pub operator_condition: Option<upgradeable::OperatorConditionRef>,
 }
 
 impl Default for Config {
@@ -75,6 +79,7 @@ impl Default for Config {
             request_timeout: crate::kubeapi::REQUEST_TIMEOUT,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
+            operator_condition: None,
         }
     }
 }
@@ -89,6 +94,9 @@ pub struct Context {
     config: Config,
     /// Consecutive failures per KataConfig, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The `Upgradeable` last written by this reconciler (a new leader writes once, then only
+    /// changes).
+    upgradeable: Mutex<Option<crate::api::operator_condition::Upgradeable>>,
 }
 
 /// Runs the reconciler until `shutdown` is cancelled, then lets in-flight reconciles finish.
@@ -144,6 +152,7 @@ pub async fn run(
         metrics,
         config,
         failures: Mutex::new(HashMap::new()),
+        upgradeable: Mutex::new(None),
     });
 
     let ready_ctx = ctx.clone();
@@ -329,7 +338,51 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
             ctx.owned.stop_pod_watch().await;
         }
     }
+    report_upgradeable(ctx, &d, &obs).await?;
     Ok(d.outcome)
+}
+
+/// Writes `Upgradeable` when the decision changes it. A failed write is the reconcile's error, so
+/// it is retried with backoff even when nothing else will trigger another reconcile.
+async fn report_upgradeable(ctx: &Context, d: &Decision, obs: &Observed) -> Result<(), Error> {
+    let Some(target) = &ctx.config.operator_condition else {
+        return Ok(());
+    };
+    let Some(want) = upgradeable::derive(d, obs) else {
+        return Ok(());
+    };
+    let unchanged = ctx
+        .upgradeable
+        .lock()
+        .map(|last| last.as_ref() == Some(&want))
+        .unwrap_or(false);
+    if unchanged {
+        return Ok(());
+    }
+    let patched = upgradeable::write(
+        &ctx.writer.client,
+        target,
+        &want,
+        &obs.now,
+        ctx.config.request_timeout,
+    )
+    .await
+    .map_err(|e| {
+        Error::call(
+            format!(
+                "setting Upgradeable={} on OperatorCondition {}/{} (OLM's OPERATOR_CONDITION_NAME)",
+                want.upgradeable, target.namespace, target.name
+            ),
+            e,
+        )
+    })?;
+    if patched {
+        tracing::info!(upgradeable = want.upgradeable, reason = want.reason, message = %want.message, "OperatorCondition updated");
+    }
+    if let Ok(mut last) = ctx.upgradeable.lock() {
+        *last = Some(want);
+    }
+    Ok(())
 }
 
 fn error_policy(kc: Arc<KataConfig>, err: &Error, ctx: Arc<Context>) -> Requeue {

@@ -36,6 +36,33 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "ConsolePlugin",
 ];
 
+/// API groups every kube-apiserver serves itself (no CRD needed). A bundled object of any other
+/// group needs a CRD in the bundle or an entry in `spec.nativeAPIs`: otherwise OLM fails the whole
+/// InstallPlan on a cluster without it ("GroupVersionKind … not found on the cluster").
+pub const BUILTIN_API_GROUPS: &[&str] = &[
+    "",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "autoscaling",
+    "batch",
+    "certificates.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "networking.k8s.io",
+    "node.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "resource.k8s.io",
+    "scheduling.k8s.io",
+    "storage.k8s.io",
+];
+
 pub const INSTALL_MODE_TYPES: [&str; 4] = [
     "OwnNamespace",
     "SingleNamespace",
@@ -1057,6 +1084,54 @@ fn check_annotations(
     Some(package)
 }
 
+/// Every bundled object whose API is neither built in, nor defined by a CRD of the bundle, nor
+/// declared in the CSV's `spec.nativeAPIs`: OLM cannot install the bundle where that API is
+/// missing. `objects` are `(path, object)` of `manifests/` (CSV and CRDs included).
+pub fn check_required_apis(objects: &[(String, Value)], p: &mut Vec<String>) {
+    let group_kind = |api_version: &str, kind: &str| {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        (group.to_string(), kind.to_string())
+    };
+    let mut provided: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, obj) in objects {
+        match obj["kind"].as_str() {
+            Some("CustomResourceDefinition") => {
+                provided.insert((
+                    str_at(obj, "/spec/group").unwrap_or_default().to_string(),
+                    str_at(obj, "/spec/names/kind")
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+            }
+            Some("ClusterServiceVersion") => {
+                for api in array_at(obj, "/spec/nativeAPIs") {
+                    provided.insert((
+                        api["group"].as_str().unwrap_or_default().to_string(),
+                        api["kind"].as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (at, obj) in objects {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let (group, kind) = group_kind(api_version, kind);
+        if kind == "ClusterServiceVersion" && group == "operators.coreos.com" {
+            continue;
+        }
+        if BUILTIN_API_GROUPS.contains(&group.as_str())
+            || provided.contains(&(group.clone(), kind.clone()))
+        {
+            continue;
+        }
+        p.push(format!(
+            "{at}: {kind} ({api_version}) needs a CRD that is neither in the bundle nor in spec.nativeAPIs, so OLM fails the whole InstallPlan on a cluster without it (\"GroupVersionKind {api_version}, Kind={kind} not found on the cluster\"); let the operator create it at runtime when the API is served, or declare it in spec.nativeAPIs"
+        ));
+    }
+}
+
 /// Checks a bundle given its files (paths relative to the bundle directory) and the
 /// `bundle.Dockerfile` that builds it.
 pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String> {
@@ -1067,6 +1142,7 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
     let mut csvs = Vec::new();
     let mut crds = BTreeMap::new();
     let mut service_accounts = Vec::new();
+    let mut objects = Vec::new();
     let mut size = 0;
     for (path, content) in files {
         let at = path.display();
@@ -1104,6 +1180,7 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
                 "{at}: metadata.name {name:?} is not a DNS-1123 subdomain"
             ));
         }
+        objects.push((at.to_string(), obj.clone()));
         match kind {
             "ClusterServiceVersion" => csvs.push(obj),
             "CustomResourceDefinition" => {
@@ -1113,6 +1190,7 @@ pub fn check_bundle(files: &[(PathBuf, String)], dockerfile: &str) -> Vec<String
             _ => {}
         }
     }
+    check_required_apis(&objects, &mut p);
     if size > MAX_BUNDLE_BYTES {
         p.push(format!(
             "manifests/: {size} bytes exceeds OLM's 1 MiB bundle limit"
@@ -1165,6 +1243,65 @@ pub fn read_bundle_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     walk(dir, dir, &mut out)?;
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod required_api_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(api_version: &str, kind: &str) -> (String, Value) {
+        (
+            format!("manifests/{kind}.yaml"),
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}}),
+        )
+    }
+
+    #[test]
+    fn built_in_apis_need_nothing_and_crd_kinds_need_a_source() {
+        let mut p = Vec::new();
+        check_required_apis(
+            &[
+                obj("v1", "Service"),
+                obj("rbac.authorization.k8s.io/v1", "Role"),
+                obj("policy/v1", "PodDisruptionBudget"),
+                obj("autoscaling.k8s.io/v1", "VerticalPodAutoscaler"),
+                obj("console.openshift.io/v1", "ConsoleYAMLSample"),
+            ],
+            &mut p,
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("manifests/VerticalPodAutoscaler.yaml: VerticalPodAutoscaler (autoscaling.k8s.io/v1) needs a CRD"), "{p:?}");
+        assert!(
+            p[1].contains("ConsoleYAMLSample (console.openshift.io/v1)"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_bundled_crd_or_a_native_api_provides_the_kind() {
+        let crd = (
+            "manifests/crd.yaml".to_string(),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "spec": {"group": "example.com", "names": {"kind": "Widget"}}}),
+        );
+        let csv = (
+            "manifests/csv.yaml".to_string(),
+            json!({"apiVersion": "operators.coreos.com/v1alpha1", "kind": "ClusterServiceVersion",
+                   "spec": {"nativeAPIs": [{"group": "console.openshift.io", "version": "v1", "kind": "ConsoleYAMLSample"}]}}),
+        );
+        let mut p = Vec::new();
+        check_required_apis(
+            &[
+                crd,
+                csv,
+                obj("example.com/v1", "Widget"),
+                obj("console.openshift.io/v1", "ConsoleYAMLSample"),
+            ],
+            &mut p,
+        );
+        assert!(p.is_empty(), "{p:?}");
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - [`mco_sim`]: a Machine Config Operator simulator over any client;
 //! - [`installer_sim`]: what runs the node-installer DaemonSet on a cluster without the MCO (the
 //!   DaemonSet controller, the kubelet and the kata-deploy image), over any client;
+//! - [`olm`]: what OLM v0 creates around the operator and deletes with its CSV, and the
+//!   prometheus-operator CRDs a cluster may lack;
 //! - [`envtest`]: the envtest-convention real API server tier (`KUBEBUILDER_ASSETS`);
 //! - [`logs`]: log capture for one test binary;
 //! - [`bundle_check`]: the semantic OLM bundle checker (what the CSV/CRD JSON schemas cannot see);
@@ -37,6 +39,7 @@ mod helpers;
 pub mod installer_sim;
 pub mod logs;
 pub mod mco_sim;
+pub mod olm;
 pub mod webhook_samples;
 
 pub use fake_api::{

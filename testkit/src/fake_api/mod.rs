@@ -301,6 +301,11 @@ impl FakeApi {
             .collect()
     }
 
+    /// Every stored object of every resource, ordered by group, version, plural, namespace, name.
+    pub fn all_objects(&self) -> Vec<Value> {
+        self.state().objects.values().cloned().collect()
+    }
+
     /// Typed get of a cluster-scoped object.
     pub fn get<K: Resource<DynamicType = ()> + DeserializeOwned>(&self, name: &str) -> Option<K> {
         self.get_opt_ns(None, name)
