@@ -72,6 +72,11 @@ pub fn observed(kc: KataConfig, nodes: Vec<NodeInfo>) -> Observed {
         container_runtime_config: None,
         runtime_class: None,
         pods: None,
+        served: Some(crate::discovery::ServedApis {
+            validating_admission_policy: true,
+            machine_config: true,
+            monitoring: false,
+        }),
         now: now(),
     }
 }

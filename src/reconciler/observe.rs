@@ -22,6 +22,7 @@ use crate::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool, active_kata_config,
 };
 use crate::cache::{ClusterCache, rv_fingerprint, spawn_reflector, store_ready};
+use crate::discovery::ServedApis;
 use crate::names::{
     CONTAINER_RUNTIME_CONFIG, CRIO_DROPIN_MC, EXTENSION_MC, KATA_POOL, MASTER_POOL, RUNTIME_CLASS,
     WORKER_POOL,
@@ -70,6 +71,8 @@ pub struct Observed {
     pub runtime_class: Option<RuntimeClass>,
     /// Pods that use a RuntimeClass; `None` when not watched (only watched during uninstall).
     pub pods: Option<Vec<PodInfo>>,
+    /// What the API server serves; `None` until discovery first answered.
+    pub served: Option<ServedApis>,
     pub now: Time,
 }
 
@@ -308,6 +311,7 @@ impl OwnedCaches {
                 .map(|c| (**c).clone()),
             runtime_class: cluster.runtime_class(RUNTIME_CLASS).map(|c| (*c).clone()),
             pods: None,
+            served: cluster.served_apis(),
             now,
         }
     }

@@ -12,7 +12,8 @@ use crate::plan::progress::{self, Progress, ProgressInput};
 use crate::plan::{self, LabelChange, NodeInfo};
 
 use super::report::{
-    Report, degraded_condition, finish, pool_render, pool_updated, progress_message,
+    Report, degraded_condition, finish, namespace_policy_condition, pool_render, pool_updated,
+    progress_message,
 };
 use crate::reconciler::action::{Action, Decision, Desired, Kind, Outcome};
 use crate::reconciler::diff::{foreign_keys_patch, needs_apply};
@@ -96,7 +97,8 @@ pub(super) fn decide_install(obs: &Observed, desired: plan::DesiredState) -> Dec
         && progress.nodes.installed == *kata_nodes;
     let complete = rolled_out && !kata_nodes.is_empty();
     let runtime_classes = keep_runtime_class(obs, &desired, &old, complete, &mut writes);
-    let (outcome, conditions) = install_conditions(obs, &desired, &progress, complete);
+    let (outcome, mut conditions) = install_conditions(obs, &desired, &progress, complete);
+    conditions.extend(namespace_policy_condition(obs));
     let extra = drift_event(obs, &old, &writes.repaired);
     let report = Report {
         runtime_classes,

@@ -23,7 +23,7 @@ use super::observe::Observed;
 use super::status::{self, DEGRADED, IN_PROGRESS, READY, Wanted, reason};
 
 pub use report::Report;
-use report::finish;
+use report::{finish, namespace_policy_condition};
 
 /// The decision for one KataConfig.
 pub fn decide(obs: &Observed) -> Decision {
@@ -98,6 +98,8 @@ fn invalid(obs: &Observed, e: &SpecError) -> Decision {
             "no kata node is degraded",
         ));
     }
+    // The webhooks and the policy still apply the KataConfig's namespace policy.
+    wanted.extend(namespace_policy_condition(obs));
     // Nothing is changed in the cluster: what is installed stays as it is until the spec is fixed.
     let report = Report {
         runtime_classes: old.runtime_classes,
@@ -141,6 +143,58 @@ mod tests {
                 .iter()
                 .any(|e| e.reason == reason::INVALID_SPEC && e.warning)
         );
+    }
+
+    #[test]
+    fn whether_the_namespace_policy_holds_without_the_operator_follows_discovery() {
+        use crate::reconciler::status::NAMESPACE_POLICY_IN_API_SERVER as GATE;
+        let mut obs = observed(kc(json!({})), three_workers());
+        let d = decide(&obs);
+        let c = cond(&d, GATE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::POLICY_SERVED)
+        );
+        assert!(
+            c.message
+                .contains("sandboxed-containers-operator-namespace-policy"),
+            "{}",
+            c.message
+        );
+
+        obs.served = obs.served.map(|s| crate::discovery::ServedApis {
+            validating_admission_policy: false,
+            ..s
+        });
+        let d = decide(&obs);
+        let c = cond(&d, GATE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::POLICY_NOT_SERVED)
+        );
+        assert!(
+            c.message.contains(
+                "does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy"
+            ) && c.message.contains(
+                "while the operator is down pods in the namespaces they intercept are refused"
+            ),
+            "{}",
+            c.message
+        );
+        // An invalid spec still reports it (the webhooks still enforce the namespace policy).
+        let mut invalid = obs.clone();
+        invalid.kata_config.spec.log_level = "loud".into();
+        assert_eq!(
+            cond(&decide(&invalid), GATE).reason,
+            reason::POLICY_NOT_SERVED
+        );
+
+        // Until discovery answers, the condition stays as it was.
+        obs.kata_config.status = d.reported.clone();
+        obs.served = None;
+        let reported = decide(&obs).reported.expect("reported");
+        let c = status::find(&reported.conditions, GATE).expect("kept");
+        assert_eq!(c.reason, reason::POLICY_NOT_SERVED);
     }
 
     #[test]
