@@ -30,7 +30,9 @@ use sandboxed_containers_operator::names::{
 use sandboxed_containers_operator::observability::{Metrics, Readiness};
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
-use testkit::{McoSimulator, SimOptions, envtest, free_port, machine_config_json, node_json};
+use testkit::{
+    McoSimulator, SimHandle, SimOptions, envtest, free_port, machine_config_json, node_json,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -224,7 +226,7 @@ fn assert_refused(answer: &Admission, what: &str, needle: &str) {
 }
 
 /// A cluster with three workers, the MCO simulator, `runc`, and a namespace per policy.
-async fn prepare(env: &envtest::EnvTest) -> McoSimulator {
+async fn prepare(env: &envtest::EnvTest) -> SimHandle {
     let admin = env.client.clone();
     for i in 0..3 {
         apply_cluster::<Node>(
@@ -305,6 +307,12 @@ async fn wait_policy_in_force(admin: &Client) {
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(admin.clone());
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
+    wait_for("the ValidatingAdmissionPolicy applied", || {
+        let policies = policies.clone();
+        async move { policies.get_opt(NAMESPACE_POLICY).await.ok()?.map(|_| ()) }
+    })
+    .await;
+    // kube-controller-manager's status controller type-checks the policy.
     let policy = wait_for("the ValidatingAdmissionPolicy type-checked", || {
         let policies = policies.clone();
         async move {
@@ -592,6 +600,7 @@ async fn namespace_gate_holds_with_the_operator_stopped_real_api_server() {
     }
     sim.stop().await;
     let text = logs.text();
+    println!("every row checked with the operator running and stopped; drift repaired");
     assert!(
         text.contains("namespace policy enforced inside the API server"),
         "{text}"

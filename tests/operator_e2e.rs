@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -218,6 +219,17 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
             && !fake
                 .list_json(ADMISSION, "validatingadmissionpolicies", None)
                 .is_empty()
+    })
+    .await;
+    // A deleted binding is restored by the registration's watch, not at the 10-minute resync.
+    Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .delete(NAMESPACE_POLICY, &DeleteParams::default())
+        .await
+        .expect("delete the binding");
+    eventually("the deleted binding restored", || {
+        !fake
+            .list_json(ADMISSION, "validatingadmissionpolicybindings", None)
+            .is_empty()
     })
     .await;
 

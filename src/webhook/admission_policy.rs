@@ -40,7 +40,7 @@ use crate::names::{GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, NAMESPACE_POLICY_L
 
 /// Placeholders the shared message functions are rendered with, and the CEL each stands for.
 const PLACEHOLDERS: [(&str, &str); 7] = [
-    ("@@namespace@@", "variables.namespace"),
+    ("@@namespace@@", "variables.namespaceName"),
     ("@@label@@", "variables.label"),
     ("@@runtimeClass@@", "variables.runtimeClass"),
     ("@@kataClass@@", "variables.kataClass"),
@@ -122,11 +122,12 @@ fn variables() -> Vec<Variable> {
         format!("(has(object.spec.{field}) && object.spec.{field} ? ['{field}'] : [])")
     };
     vec![
-        variable("namespace", "namespaceObject.metadata.name".into()),
+        // `namespace` is a reserved word in CEL.
+        variable("namespaceName", "namespaceObject.metadata.name".into()),
         // The namespaceSelector excludes the rest; a selector cannot match a prefix.
         variable(
             "platform",
-            format!("variables.namespace.startsWith('{OPENSHIFT_PREFIX}')"),
+            format!("variables.namespaceName.startsWith('{OPENSHIFT_PREFIX}')"),
         ),
         variable(
             "labelled",
@@ -898,11 +899,47 @@ mod tests {
         }
     }
 
+    /// The API server refuses a variable named like a CEL keyword or reserved word.
+    #[test]
+    fn variable_names_are_valid_cel_identifiers() {
+        const RESERVED: [&str; 21] = [
+            "true",
+            "false",
+            "null",
+            "in",
+            "as",
+            "break",
+            "const",
+            "continue",
+            "else",
+            "for",
+            "function",
+            "if",
+            "import",
+            "let",
+            "loop",
+            "package",
+            "namespace",
+            "return",
+            "var",
+            "void",
+            "while",
+        ];
+        for v in variables() {
+            let ident = v
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !v.name.starts_with(|c: char| c.is_ascii_digit());
+            assert!(ident && !RESERVED.contains(&v.name.as_str()), "{}", v.name);
+        }
+    }
+
     #[test]
     fn cel_messages_quote_literals_and_splice_variables() {
         assert_eq!(
             cel_message("pod @@pod@@ said \"hi\\\" in @@namespace@@"),
-            r#""pod " + variables.podName + " said \"hi\\\" in " + variables.namespace"#
+            r#""pod " + variables.podName + " said \"hi\\\" in " + variables.namespaceName"#
         );
         assert_eq!(cel_message(""), r#""""#);
         assert_eq!(cel_message("@@label@@"), "variables.label");

@@ -572,6 +572,77 @@ fn announce(
     logged
 }
 
+/// Delay before retrying a pass that failed.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What the loop remembers between passes.
+#[derive(Default)]
+struct LoopState {
+    /// Fingerprint of the last successful pass, to log only changes.
+    last: Option<String>,
+    /// Inputs of the last successful pass, and when.
+    applied: Option<(Inputs, Instant)>,
+    /// After a failure: no retry before this, whatever changes.
+    retry_at: Option<Instant>,
+    last_served: Option<bool>,
+    last_gate: Option<PodGate>,
+}
+
+impl LoopState {
+    /// One pass if due; returns how long to wait for the next one at most.
+    async fn pass(
+        &mut self,
+        client: &kube::Client,
+        cfg: &RegistrationConfig,
+        cache: &ClusterCache,
+        certs: &CertStore,
+    ) -> Duration {
+        if let Some(left) = self
+            .retry_at
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+        {
+            return left;
+        }
+        // KataConfig status updates arrive often during an install; re-apply only when what
+        // the configurations depend on changed, or on the periodic resync (which repairs edits).
+        let inputs = Inputs::of(cache, certs);
+        let fresh = self
+            .applied
+            .as_ref()
+            .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
+        if fresh {
+            return cfg.resync;
+        }
+        match reconcile_once(client, cfg, cache, certs).await {
+            Ok(done) => {
+                if self.last.as_ref() != Some(&done.fingerprint) {
+                    info!("webhook configurations applied");
+                }
+                let _ = announce(
+                    inputs.admission_policy_served,
+                    &mut self.last_served,
+                    done.gate,
+                    &mut self.last_gate,
+                );
+                self.last = Some(done.fingerprint);
+                self.applied = Some((inputs, Instant::now()));
+                self.retry_at = None;
+                cfg.resync
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "cannot apply the webhook configurations; retrying in {}s",
+                    RETRY.as_secs()
+                );
+                self.applied = None;
+                self.retry_at = Some(Instant::now() + RETRY);
+                RETRY
+            }
+        }
+    }
+}
+
 /// Keeps the configurations current until `shutdown`. Nothing is unregistered on shutdown: a
 /// restart must not open a window without admission control.
 pub async fn run(
@@ -583,55 +654,20 @@ pub async fn run(
 ) {
     let mut cert_changes = certs.subscribe();
     let mut changes = cache.subscribe();
-    let mut last: Option<(String, Instant)> = None;
-    let mut applied_inputs: Option<(Inputs, Instant)> = None;
     let drift = Arc::new(Notify::new());
     let mut drift_watch: Option<DriftWatch> = None;
-    let (mut last_served, mut last_gate) = (None, None);
+    let mut state = LoopState::default();
     loop {
-        // KataConfig status updates arrive often during an install; re-apply only when what the
-        // configurations depend on changed, or on the periodic resync (which repairs edits).
-        let inputs = Inputs::of(&cache, &certs);
-        let served = inputs.admission_policy_served == Some(true);
+        let served = admission_policy_served(&cache);
         if served != drift_watch.is_some() {
             drift_watch = served.then(|| DriftWatch::start(&client, &drift));
         }
-        let fresh = applied_inputs
-            .as_ref()
-            .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
-        let wait = if fresh {
-            cfg.resync
-        } else {
-            match reconcile_once(&client, &cfg, &cache, &certs).await {
-                Ok(done) => {
-                    if last.as_ref().map(|(f, _)| f) != Some(&done.fingerprint) {
-                        info!("webhook configurations applied");
-                    }
-                    let _ = announce(
-                        inputs.admission_policy_served,
-                        &mut last_served,
-                        done.gate,
-                        &mut last_gate,
-                    );
-                    last = Some((done.fingerprint, Instant::now()));
-                    applied_inputs = Some((inputs, Instant::now()));
-                    cfg.resync
-                }
-                Err(e) => {
-                    warn!(
-                        error = format!("{e:#}"),
-                        "cannot apply the webhook configurations; retrying"
-                    );
-                    applied_inputs = None;
-                    Duration::from_secs(5)
-                }
-            }
-        };
+        let wait = state.pass(&client, &cfg, &cache, &certs).await;
         tokio::select! {
             // The configurations follow the KataConfig in force; re-checking costs no API call.
             _ = changes.recv(), if !changes.is_closed() => {}
             r = cert_changes.changed() => { if r.is_err() { return; } }
-            () = drift.notified() => applied_inputs = None,
+            () = drift.notified() => state.applied = None,
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
