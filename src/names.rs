@@ -41,6 +41,10 @@ pub const MCO_DESIRED_CONFIG: &str = "machineconfiguration.openshift.io/desiredC
 pub const MCO_STATE: &str = "machineconfiguration.openshift.io/state";
 pub const MCO_REASON: &str = "machineconfiguration.openshift.io/reason";
 
+/// The ValidatingAdmissionPolicy (and its binding) that holds the namespace policy inside the
+/// API server.
+pub const NAMESPACE_POLICY: &str = "sandboxed-containers-operator-namespace-policy";
+
 /// Namespace label that selects the admission policy for kata pods.
 pub const NAMESPACE_POLICY_LABEL: &str = "kataconfiguration.openshift.io/policy";
 /// Label put on every object the operator creates, so they can be listed and cleaned up.

@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DeleteParams, PostParams};
 use sandboxed_containers_operator::api::{KataConfig, MachineConfig, MachineConfigPool};
 use sandboxed_containers_operator::cli::{Cli, Command};
-use sandboxed_containers_operator::names::KATA_ROLE_LABEL;
+use sandboxed_containers_operator::names::{KATA_ROLE_LABEL, NAMESPACE_POLICY};
 use sandboxed_containers_operator::observability::Metrics;
 use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::packaging::rbac::{self, ApiCall};
@@ -33,6 +34,7 @@ use testkit::{
 use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "openshift-sandboxed-containers-operator";
+const ADMISSION: &str = "admissionregistration.k8s.io/v1";
 const SCRAPE_TOKEN: &str = "prometheus-token-3f1c9a";
 const SCRAPER: &str = "system:serviceaccount:openshift-monitoring:prometheus-k8s";
 
@@ -287,6 +289,39 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     .await;
     let https = https_client(&ca);
 
+    // The namespace gate inside the API server: the policy bound to the KataConfig, and the pod
+    // webhooks failing open.
+    eventually("the ValidatingAdmissionPolicy in force", || {
+        let bound = fake
+            .list_json(ADMISSION, "validatingadmissionpolicybindings", None)
+            .iter()
+            .any(|b| {
+                b["metadata"]["name"] == NAMESPACE_POLICY
+                    && b["spec"]["paramRef"]["name"] == "example-kataconfig"
+            });
+        let open = fake
+            .list_json(ADMISSION, "mutatingwebhookconfigurations", None)
+            .iter()
+            .any(|c| c["webhooks"][0]["failurePolicy"] == "Ignore");
+        bound
+            && open
+            && !fake
+                .list_json(ADMISSION, "validatingadmissionpolicies", None)
+                .is_empty()
+    })
+    .await;
+    // A deleted binding is restored by the registration's watch, not at the 10-minute resync.
+    Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .delete(NAMESPACE_POLICY, &DeleteParams::default())
+        .await
+        .expect("delete the binding");
+    eventually("the deleted binding restored", || {
+        !fake
+            .list_json(ADMISSION, "validatingadmissionpolicybindings", None)
+            .is_empty()
+    })
+    .await;
+
     // A tenant's plain pod in a `default`-policy namespace gets kata injected.
     let review = pod_review("tenant");
     let mut patched = None;
@@ -367,14 +402,18 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
             .as_ref()
             .is_some_and(|l| l.contains_key(KATA_ROLE_LABEL))
     }));
-    eventually("pod webhooks unregistered with the KataConfig", || {
-        fake.list_json(
-            "admissionregistration.k8s.io/v1",
-            "mutatingwebhookconfigurations",
-            None,
-        )
-        .is_empty()
-    })
+    eventually(
+        "pod webhooks and the policy unregistered with the KataConfig",
+        || {
+            [
+                "mutatingwebhookconfigurations",
+                "validatingadmissionpolicies",
+                "validatingadmissionpolicybindings",
+            ]
+            .iter()
+            .all(|plural| fake.list_json(ADMISSION, plural, None).is_empty())
+        },
+    )
     .await;
 
     // Graceful shutdown: every task stops, the Lease is released.
@@ -511,5 +550,92 @@ async fn operator_installs_admits_reports_and_uninstalls_with_exact_rbac_and_cle
     assert!(
         !logs.contains("is forbidden"),
         "a 403 reached the operator's logs"
+    );
+}
+
+/// An API server without ValidatingAdmissionPolicy v1: the webhooks stay the gate and fail
+/// closed exactly as before, and the operator says so once in its log and in a KataConfig
+/// condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admission_policy_v1_the_webhooks_fail_closed_and_the_operator_says_so() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let logs = testkit::logs::capture("sandboxed_containers_operator=info");
+    let fake = FakeApi::new();
+    fake.unserve(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicies",
+    );
+    fake.unserve(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicybindings",
+    );
+    seed_cluster(&fake, 3, 3, false);
+    let admin = fake.client_as("admin");
+    let (webhook_addr, metrics_addr, health_addr) = (free_port(), free_port(), free_port());
+    let shutdown = CancellationToken::new();
+    let operator = tokio::spawn(run::run_with(
+        fake.client(),
+        run_args(webhook_addr, metrics_addr, health_addr),
+        Arc::new(Metrics::new()),
+        Readiness::new(),
+        shutdown.clone(),
+    ));
+    let kc: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": "example-kataconfig"}, "spec": {"namespacePolicy": {"default": "require"}},
+    }))
+    .expect("kataconfig");
+    Api::<KataConfig>::all(admin)
+        .create(&PostParams::default(), &kc)
+        .await
+        .expect("create kataconfig");
+    eventually(
+        "the condition says the policy is not in the API server",
+        || {
+            fake.get::<KataConfig>("example-kataconfig")
+                .and_then(|k| k.status)
+                .is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "NamespacePolicyInAPIServer"
+                            && c.status == "False"
+                            && c.reason == "ValidatingAdmissionPolicyNotServed"
+                    })
+                })
+        },
+    )
+    .await;
+    eventually("the pod webhooks fail closed", || {
+        let fail = |plural| {
+            fake.list_json(ADMISSION, plural, None).iter().any(|c| {
+                c["metadata"]["name"] == "sandboxed-containers-operator-pod"
+                    && c["webhooks"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().all(|w| w["failurePolicy"] == "Fail"))
+            })
+        };
+        fail("mutatingwebhookconfigurations") && fail("validatingwebhookconfigurations")
+    })
+    .await;
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), operator)
+        .await
+        .expect("stops")
+        .expect("join");
+    assert!(result.is_ok(), "run_with ended with {result:?}");
+    let text = logs.text();
+    let said = text
+        .lines()
+        .filter(|l| {
+            l.contains("does not serve admissionregistration.k8s.io/v1 validatingadmissionpolicies")
+        })
+        .count();
+    assert_eq!(said, 1, "logged once:\n{text}");
+    assert!(
+        fake.requests_by("operator")
+            .iter()
+            .all(|r| !r.resource.starts_with("validatingadmissionpolic")),
+        "nothing asked of an API the server does not serve"
     );
 }

@@ -796,6 +796,60 @@ fn kubernetes_validate_catches_planted_faults() {
     assert!(!ok, "a RuntimeClass with an unknown field passed:\n{out}");
 }
 
+/// The ValidatingAdmissionPolicy and its binding as the operator applies them (with the
+/// ownerReference), and as committed under `webhooks/manifests/`. ValidatingAdmissionPolicy v1
+/// exists from Kubernetes 1.30 (older API servers keep the webhooks as the gate).
+#[test]
+fn admission_policy_passes_kubernetes_validate_strict() {
+    use sandboxed_containers_operator::api::KataConfig;
+    use sandboxed_containers_operator::webhook::admission_policy;
+    use sandboxed_containers_operator::webhook::registration::kataconfig_owner;
+    let Some(tool) = kubernetes_validate() else {
+        println!(
+            "SKIP admission_policy_passes_kubernetes_validate_strict: kubernetes-validate not installed"
+        );
+        return;
+    };
+    let mut kc = KataConfig::new("example", Default::default());
+    kc.metadata.uid = Some("6e0c1f4e-6d1e-4a7e-9d49-000000000001".into());
+    let owner = kataconfig_owner(&kc);
+    let ns = "openshift-sandboxed-containers-operator";
+    let mut objects = vec![
+        serde_json::to_value(admission_policy::namespace_policy(owner.clone(), ns)).expect("json"),
+        serde_json::to_value(admission_policy::namespace_policy_binding(owner, "example"))
+            .expect("json"),
+    ];
+    let committed =
+        std::fs::read_to_string(repo().join("webhooks/manifests/admission-policy.yaml"))
+            .expect("webhooks/manifests/admission-policy.yaml");
+    objects.extend(yaml_docs(&committed));
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    for version in ["1.30.0", "1.33.0"] {
+        let (ok, out) = run_kubernetes_validate(&tool, version, &objects);
+        assert!(
+            ok,
+            "kubernetes-validate --strict -k {version} failed:\n{out}"
+        );
+    }
+    // The check catches a misspelt field in a rule.
+    let mut bad = objects[0].clone();
+    bad["spec"]["validations"][0]["messageExpresion"] = json!("'x'");
+    let (ok, out) = run_kubernetes_validate(&tool, "1.33.0", &[bad]);
+    assert!(!ok, "a rule with an unknown field passed:\n{out}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // OLM install example and images
 

@@ -51,9 +51,9 @@ static RULES: &[ApiAccess] = &[
     ApiAccess {
         group: "kataconfiguration.openshift.io",
         resource: "kataconfigs",
-        verbs: &["list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
         scope: Scope::Cluster,
-        why: "reconciler watches KataConfig and adds/removes its finalizer; webhook lists existing ones",
+        why: "reconciler watches KataConfig and adds/removes its finalizer; webhook lists existing ones; the API server only lets who may `get` KataConfigs write a ValidatingAdmissionPolicy whose paramKind is KataConfig, and its binding's paramRef",
     },
     ApiAccess {
         group: "kataconfiguration.openshift.io",
@@ -138,6 +138,20 @@ static RULES: &[ApiAccess] = &[
         verbs: APPLIED,
         scope: Scope::Cluster,
         why: "the operator registers its own webhooks, keeps caBundle current, and removes the pod webhooks when no KataConfig is active",
+    },
+    ApiAccess {
+        group: "admissionregistration.k8s.io",
+        resource: "validatingadmissionpolicies",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "the namespace gate inside the API server (kept while a KataConfig is in force, watched to repair edits, removed with it)",
+    },
+    ApiAccess {
+        group: "admissionregistration.k8s.io",
+        resource: "validatingadmissionpolicybindings",
+        verbs: OWNED,
+        scope: Scope::Cluster,
+        why: "binds the namespace gate to the active KataConfig as its parameters (watched to repair edits, removed with it)",
     },
     ApiAccess {
         group: "apiextensions.k8s.io",

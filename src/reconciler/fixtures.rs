@@ -75,6 +75,7 @@ pub fn observed(kc: KataConfig, nodes: Vec<NodeInfo>) -> Observed {
         pods: None,
         served: ServedApis {
             machine_config: true,
+            validating_admission_policy: true,
             ..Default::default()
         },
         operator_namespace: "openshift-sandboxed-containers-operator".into(),

@@ -1,4 +1,5 @@
-//! Status conditions: `InProgress` (as upstream), `Ready` and `Degraded`, each with
+//! Status conditions: `InProgress` (as upstream), `Ready`, `Degraded` and
+//! `NamespacePolicyInAPIServer`, each with
 //! `observedGeneration` and a `lastTransitionTime` that only moves when the status flips.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -6,6 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const IN_PROGRESS: &str = "InProgress";
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
+/// Whether the namespace policy is also enforced inside the API server (ValidatingAdmissionPolicy
+/// v1 served), so it holds while the operator is down.
+pub const NAMESPACE_POLICY_IN_API_SERVER: &str = "NamespacePolicyInAPIServer";
 
 /// Stable PascalCase reasons (also used as Event reasons).
 pub mod reason {
@@ -18,6 +22,8 @@ pub mod reason {
     pub const BLOCKED: &str = "BlockedByExistingKataPods";
     pub const NODE_DEGRADED: &str = "NodeDegraded";
     pub const AS_EXPECTED: &str = "AsExpected";
+    pub const POLICY_SERVED: &str = "ValidatingAdmissionPolicy";
+    pub const POLICY_NOT_SERVED: &str = "ValidatingAdmissionPolicyNotServed";
 }
 
 /// A condition as the decision wants it, before timestamps.

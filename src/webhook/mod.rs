@@ -2,9 +2,12 @@
 //!
 //! Layout: [`review`] is the thin HTTP layer (content type, body limit, parsing, metrics);
 //! [`kataconfig`], [`pod`] and [`policy`] are pure decisions; [`snapshot`] is what they read of
-//! the shared caches; [`registration`] keeps the operator's own webhook configurations current.
+//! the shared caches; [`registration`] keeps the operator's own webhook configurations current,
+//! and, where the API server serves it, the ValidatingAdmissionPolicy [`admission_policy`]
+//! builds from the same policy table (the namespace gate that survives a webhook outage).
 //! Certificates come from [`crate::certs`]. Entry point: [`run`].
 
+pub mod admission_policy;
 pub mod kataconfig;
 pub mod pod;
 pub mod policy;

@@ -131,14 +131,33 @@ impl PodView {
 
 fn host_namespace_denial(pod: &PodView, runtime_class: &str) -> Option<String> {
     let host = pod.host_namespaces();
-    (!host.is_empty()).then(|| {
-        format!(
-            "pod {} asks for RuntimeClass {runtime_class:?} with {}: a kata pod runs in its own virtual machine, which cannot share the host's network, PID or IPC namespaces; drop {} or use another RuntimeClass",
-            pod.display_name(),
-            host.join(", "),
-            host.join(", ")
-        )
-    })
+    (!host.is_empty())
+        .then(|| host_namespace_message(&pod.display_name(), runtime_class, &host.join(", ")))
+}
+
+/// The refusal of a kata pod asking for host namespaces (`host`: their names, comma-separated).
+/// Shared with the ValidatingAdmissionPolicy, which builds the same text in CEL.
+pub fn host_namespace_message(pod_name: &str, runtime_class: &str, host: &str) -> String {
+    format!(
+        "pod {pod_name} asks for RuntimeClass {runtime_class:?} with {host}: a kata pod runs in its own virtual machine, which cannot share the host's network, PID or IPC namespaces; drop {host} or use another RuntimeClass"
+    )
+}
+
+/// Why kata cannot be injected yet: no KataConfig, or none of its RuntimeClasses exists.
+pub fn not_installed_reason(kata_config: Option<&str>) -> String {
+    match kata_config {
+        None => "no KataConfig exists".to_string(),
+        Some(name) => {
+            format!("KataConfig {name:?} has no RuntimeClass ready yet (installation in progress)")
+        }
+    }
+}
+
+/// The refusal of a pod in a `require` namespace while kata is not installed.
+pub fn require_not_installed_message(namespace: &str, why: &str) -> String {
+    format!(
+        "namespace {namespace:?} requires kata (policy require), but kata is not installed yet: {why}; retry once the KataConfig reports a RuntimeClass"
+    )
 }
 
 /// Common first steps: only CREATE is judged; excluded namespaces pass untouched; an unknown
@@ -191,19 +210,11 @@ fn inject_decision(
     policy: Policy,
     kata: Option<&KataState>,
 ) -> Verdict {
-    let required = policy == Policy::Require;
+    let required = policy::injection_required(policy);
     let Some(rc) = kata.and_then(|k| k.runtime_classes.first()) else {
-        let why = match kata {
-            None => "no KataConfig exists".to_string(),
-            Some(k) => format!(
-                "KataConfig {:?} has no RuntimeClass ready yet (installation in progress)",
-                k.name
-            ),
-        };
+        let why = not_installed_reason(kata.map(|k| k.name.as_str()));
         return if required {
-            Verdict::Deny(format!(
-                "namespace {namespace:?} requires kata (policy require), but kata is not installed yet: {why}; retry once the KataConfig reports a RuntimeClass"
-            ))
+            Verdict::Deny(require_not_installed_message(namespace, &why))
         } else {
             Verdict::Allow {
                 warnings: vec![format!(
@@ -341,7 +352,7 @@ pub fn validate(pod: &PodView, namespace: &str, op: &Operation, env: &PodEnv) ->
         Cell::Deny(msg) => Verdict::Deny(msg),
         Cell::Admit => Verdict::allow(),
         // Still no runtimeClassName after the mutating webhooks ran.
-        Cell::Inject if effective.policy == Policy::Require => Verdict::Deny(format!(
+        Cell::Inject if policy::injection_required(effective.policy) => Verdict::Deny(format!(
             "namespace {namespace:?} requires kata (policy require), but pod {} has no spec.runtimeClassName after defaulting; set spec.runtimeClassName to {}",
             pod.display_name(),
             env.kata

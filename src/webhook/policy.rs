@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
 use crate::api::NamespacePolicy as Policy;
 use crate::names::NAMESPACE_POLICY_LABEL;
 
@@ -75,6 +77,28 @@ pub fn is_excluded(
         || labels.is_some_and(|l| l.contains_key(RUN_LEVEL_LABEL))
 }
 
+/// [`is_excluded`] as namespace selector requirements, for the webhook configurations and the
+/// ValidatingAdmissionPolicy. `openshift-*` cannot be expressed as a selector (no prefix
+/// match); OpenShift's platform namespaces carry `openshift.io/run-level`, and the decisions
+/// (and the policy's CEL) exclude the prefix again.
+pub fn system_exclusions(operator_namespace: &str) -> Vec<LabelSelectorRequirement> {
+    let mut names: Vec<String> = SYSTEM_NAMESPACES.iter().map(|n| n.to_string()).collect();
+    names.push(operator_namespace.to_string());
+    names.push(OPENSHIFT_PREFIX.trim_end_matches('-').to_string());
+    vec![
+        LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".to_string(),
+            operator: "NotIn".to_string(),
+            values: Some(names),
+        },
+        LabelSelectorRequirement {
+            key: RUN_LEVEL_LABEL.to_string(),
+            operator: "DoesNotExist".to_string(),
+            values: None,
+        },
+    ]
+}
+
 /// What a pod names in `spec.runtimeClassName`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodRuntime {
@@ -91,9 +115,15 @@ pub enum Cell {
     Deny(String),
 }
 
-/// The cell of the policy table for this namespace's policy and what the pod names.
-pub fn cell(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Cell {
-    let origin = match effective.source {
+/// Whether a pod that cannot get kata injected is refused (`require`) rather than admitted
+/// unchanged with a warning (`default`).
+pub fn injection_required(policy: Policy) -> bool {
+    policy == Policy::Require
+}
+
+/// Where a namespace's policy comes from, as the refusals word it.
+pub fn origin(namespace: &str, effective: Effective) -> String {
+    match effective.source {
         Source::Label => format!(
             "namespace {namespace:?} has {NAMESPACE_POLICY_LABEL}={}",
             effective.policy
@@ -102,7 +132,12 @@ pub fn cell(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Cell
             "namespace {namespace:?} has no {NAMESPACE_POLICY_LABEL} label and the KataConfig's spec.namespacePolicy.default is {}",
             effective.policy
         ),
-    };
+    }
+}
+
+/// The cell of the policy table for this namespace's policy and what the pod names.
+pub fn cell(namespace: &str, effective: Effective, runtime: &PodRuntime) -> Cell {
+    let origin = origin(namespace, effective);
     match (effective.policy, runtime) {
         (Policy::Require | Policy::Default, PodRuntime::None) => Cell::Inject,
         (Policy::Allow | Policy::Deny, PodRuntime::None) => Cell::Admit,

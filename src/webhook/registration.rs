@@ -4,8 +4,15 @@
 //! | configuration | webhooks | owner | failurePolicy |
 //! |---|---|---|---|
 //! | ValidatingWebhookConfiguration `sandboxed-containers-operator-kataconfig` | `vkataconfig` (CREATE, UPDATE of a changed spec) | the operator-lifetime object ([`Owner`]) | Fail |
-//! | MutatingWebhookConfiguration `sandboxed-containers-operator-pod` | `mpod` (pod CREATE without runtimeClassName, namespaces that may inject) | the active KataConfig | Fail |
-//! | ValidatingWebhookConfiguration `sandboxed-containers-operator-pod` | `vpod` (labelled namespaces), `vpod-unlabelled` | the active KataConfig | Fail; `vpod-unlabelled` Ignore when the default is `allow` |
+//! | MutatingWebhookConfiguration `sandboxed-containers-operator-pod` | `mpod` (pod CREATE without runtimeClassName, namespaces that may inject) | the active KataConfig | Fail; Ignore while the policy below is in force |
+//! | ValidatingWebhookConfiguration `sandboxed-containers-operator-pod` | `vpod` (labelled namespaces), `vpod-unlabelled` | the active KataConfig | Fail (`vpod-unlabelled` Ignore when the default is `allow`); Ignore while the policy below is in force |
+//! | ValidatingAdmissionPolicy and Binding `sandboxed-containers-operator-namespace-policy` ([`super::admission_policy`]) | the namespace gate in CEL, inside the API server | the active KataConfig | Fail |
+//!
+//! Where the API server serves ValidatingAdmissionPolicy v1 ([`crate::cache::ClusterCache::served_apis`])
+//! and the policy is applied, it is the gate ([`PodGate::AdmissionPolicy`]) and the pod webhooks
+//! fail open: an operator outage never refuses a pod with "failed calling webhook". Elsewhere
+//! the webhooks are the gate and fail closed ([`PodGate::Webhooks`]). An edit or deletion of the
+//! policy or its binding is seen by a watch of each and repaired at once.
 //!
 //! See `docs/webhooks.md` for the reasoning.
 
@@ -13,22 +20,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    ServiceReference, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
-use kube::Resource;
 use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::policy::{OPENSHIFT_PREFIX, RUN_LEVEL_LABEL, SYSTEM_NAMESPACES};
+use super::admission_policy;
+use super::policy::system_exclusions;
 use crate::api::KataConfig;
 use crate::api::NamespacePolicy as Policy;
 use crate::cache::ClusterCache;
@@ -115,19 +127,6 @@ fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
     }
 }
 
-/// Namespaces never sent to the pod webhooks. `openshift-*` cannot be expressed as a selector
-/// (no prefix match); OpenShift's platform namespaces carry `openshift.io/run-level`, and the
-/// decisions exclude the prefix again.
-pub fn system_exclusions(operator_namespace: &str) -> Vec<LabelSelectorRequirement> {
-    let mut names: Vec<&str> = SYSTEM_NAMESPACES.to_vec();
-    names.push(operator_namespace);
-    names.push(OPENSHIFT_PREFIX.trim_end_matches('-'));
-    vec![
-        req("kubernetes.io/metadata.name", "NotIn", &names),
-        req(RUN_LEVEL_LABEL, "DoesNotExist", &[]),
-    ]
-}
-
 fn selector(operator_namespace: &str, extra: LabelSelectorRequirement) -> LabelSelector {
     let mut exprs = system_exclusions(operator_namespace);
     exprs.push(extra);
@@ -197,6 +196,17 @@ pub fn kataconfig_webhook(
     }
 }
 
+/// What enforces the namespace policy when the operator cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodGate {
+    /// The webhooks alone (no ValidatingAdmissionPolicy v1, or it could not be applied): they
+    /// fail closed where the policy is an explicit choice.
+    Webhooks,
+    /// The ValidatingAdmissionPolicy, inside the API server: the pod webhooks fail open, so an
+    /// outage only loses defaulting, which the policy then refuses with its own message.
+    AdmissionPolicy,
+}
+
 /// The pod webhooks for the active KataConfig's cluster default policy.
 pub fn pod_webhooks(
     target: &Target,
@@ -204,8 +214,13 @@ pub fn pod_webhooks(
     owner: Option<OwnerReference>,
     operator_namespace: &str,
     default_policy: &str,
+    gate: PodGate,
 ) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
     let default = Policy::parse(default_policy).unwrap_or(Policy::Allow);
+    let closed = match gate {
+        PodGate::Webhooks => "Fail",
+        PodGate::AdmissionPolicy => "Ignore",
+    };
     // Mutation only where injection can happen: labelled require/default, plus unlabelled (and
     // unknown values, denied with a message) when the cluster default injects.
     let mutate_scope = if default.injects() {
@@ -216,7 +231,7 @@ pub fn pod_webhooks(
     let m = base_webhook(
         MPOD,
         client_config(target, MUTATE_POD_PATH, ca_bundle),
-        "Fail",
+        closed,
     );
     let mutating = MutatingWebhook {
         name: m.name,
@@ -240,7 +255,7 @@ pub fn pod_webhooks(
     let mut labelled = base_webhook(
         VPOD,
         client_config(target, VALIDATE_POD_PATH, ca_bundle),
-        "Fail",
+        closed,
     );
     labelled.namespace_selector = Some(selector(
         operator_namespace,
@@ -254,7 +269,7 @@ pub fn pod_webhooks(
     let mut unlabelled = base_webhook(
         VPOD_UNLABELLED,
         client_config(target, VALIDATE_POD_PATH, ca_bundle),
-        if permissive { "Ignore" } else { "Fail" },
+        if permissive { "Ignore" } else { closed },
     );
     unlabelled.namespace_selector = Some(selector(
         operator_namespace,
@@ -325,22 +340,64 @@ pub struct RegistrationConfig {
 
 async fn delete_if_present<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if kubeapi::delete_ignoring_404(api, name, REQUEST_TIMEOUT).await? {
-        info!(name, "pod webhooks removed: no KataConfig in force");
+        info!(name, kind = %K::kind(&()), "removed: no KataConfig in force");
     }
     Ok(())
 }
 
-/// One pass: desired configurations applied (or pod webhooks removed when no KataConfig is
-/// active). Returns a fingerprint of what was applied.
+/// Whether the API server serves ValidatingAdmissionPolicy v1 (false until discovery answered:
+/// the webhooks then stay the fail-closed gate).
+fn admission_policy_served(cache: &ClusterCache) -> bool {
+    cache
+        .served_apis()
+        .is_some_and(|s| s.validating_admission_policy)
+}
+
+/// The ValidatingAdmissionPolicy and its binding for the KataConfig in force.
+async fn apply_namespace_policy(
+    client: &kube::Client,
+    kc: &KataConfig,
+    operator_namespace: &str,
+) -> anyhow::Result<String> {
+    let owner = kataconfig_owner(kc);
+    let policy = admission_policy::namespace_policy(owner.clone(), operator_namespace);
+    let binding = admission_policy::namespace_policy_binding(owner, &kc.name_any());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    // The policy first: a binding to a missing policy enforces nothing.
+    kubeapi::apply(&policies, &policy, REQUEST_TIMEOUT).await?;
+    kubeapi::apply(&bindings, &binding, REQUEST_TIMEOUT).await?;
+    Ok(serde_json::to_string(&(policy, binding))?)
+}
+
+async fn delete_namespace_policy(client: &kube::Client) -> anyhow::Result<()> {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    delete_if_present(&bindings, admission_policy::NAMESPACE_POLICY).await?;
+    delete_if_present(&policies, admission_policy::NAMESPACE_POLICY).await
+}
+
+/// What one pass registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Of everything applied, to log only what changed.
+    pub fingerprint: String,
+    /// What gates pods; `None` when no KataConfig is in force (no pod webhooks, no policy).
+    pub gate: Option<PodGate>,
+}
+
+/// One pass: desired configurations applied (or the pod webhooks and the namespace policy
+/// removed when no KataConfig is active). The policy is applied before the pod webhooks are
+/// switched to fail open, and a policy that cannot be applied leaves them failing closed.
 pub async fn reconcile_once(
     client: &kube::Client,
     cfg: &RegistrationConfig,
     cache: &ClusterCache,
     certs: &CertStore,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Registered> {
     let ca = certs.ca_bundle();
     let owner = resolve_owner(client, &cfg.owner).await?;
     let vwc_api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -348,25 +405,54 @@ pub async fn reconcile_once(
     let kc_vwc = kataconfig_webhook(&cfg.target, ca.as_deref(), owner);
     kubeapi::apply(&vwc_api, &kc_vwc, REQUEST_TIMEOUT).await?;
     let mut fingerprint = serde_json::to_string(&kc_vwc)?;
-    match cache.kata_config_in_force() {
-        Some(kc) => {
-            let (m, v) = pod_webhooks(
-                &cfg.target,
-                ca.as_deref(),
-                kataconfig_owner(&kc),
-                &cfg.operator_namespace,
-                kc.spec.default_namespace_policy(),
-            );
-            kubeapi::apply(&mwc_api, &m, REQUEST_TIMEOUT).await?;
-            kubeapi::apply(&vwc_api, &v, REQUEST_TIMEOUT).await?;
-            fingerprint.push_str(&serde_json::to_string(&(m, v))?);
+    let served = admission_policy_served(cache);
+    let Some(kc) = cache.kata_config_in_force() else {
+        delete_if_present(&mwc_api, POD_WEBHOOKS).await?;
+        delete_if_present(&vwc_api, POD_WEBHOOKS).await?;
+        if served {
+            delete_namespace_policy(client).await?;
         }
-        None => {
-            delete_if_present(&mwc_api, POD_WEBHOOKS).await?;
-            delete_if_present(&vwc_api, POD_WEBHOOKS).await?;
+        return Ok(Registered {
+            fingerprint,
+            gate: None,
+        });
+    };
+    let mut policy_error = None;
+    let gate = if served {
+        match apply_namespace_policy(client, &kc, &cfg.operator_namespace).await {
+            Ok(applied) => {
+                fingerprint.push_str(&applied);
+                PodGate::AdmissionPolicy
+            }
+            Err(e) => {
+                policy_error = Some(e.context(format!(
+                    "cannot apply ValidatingAdmissionPolicy {}; the pod webhooks fail closed meanwhile",
+                    admission_policy::NAMESPACE_POLICY
+                )));
+                PodGate::Webhooks
+            }
         }
+    } else {
+        PodGate::Webhooks
+    };
+    let (m, v) = pod_webhooks(
+        &cfg.target,
+        ca.as_deref(),
+        kataconfig_owner(&kc),
+        &cfg.operator_namespace,
+        kc.spec.default_namespace_policy(),
+        gate,
+    );
+    kubeapi::apply(&mwc_api, &m, REQUEST_TIMEOUT).await?;
+    kubeapi::apply(&vwc_api, &v, REQUEST_TIMEOUT).await?;
+    if let Some(e) = policy_error {
+        return Err(e);
     }
-    Ok(fingerprint)
+    fingerprint.push_str(&serde_json::to_string(&(m, v))?);
+    Ok(Registered {
+        fingerprint,
+        gate: Some(gate),
+    })
 }
 
 /// What the desired configurations depend on (besides static configuration).
@@ -374,6 +460,8 @@ pub async fn reconcile_once(
 struct Inputs {
     kataconfig: Option<(String, String)>,
     ca_bundle: Option<String>,
+    /// `None` until discovery answered.
+    admission_policy_served: Option<bool>,
 }
 
 impl Inputs {
@@ -386,6 +474,171 @@ impl Inputs {
                 )
             }),
             ca_bundle: certs.ca_bundle(),
+            admission_policy_served: cache.served_apis().map(|s| s.validating_admission_policy),
+        }
+    }
+}
+
+/// Watches of the ValidatingAdmissionPolicy and its binding, so an edit or a deletion by
+/// someone else is repaired at once rather than at the next resync. Dropping it stops them.
+struct DriftWatch {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DriftWatch {
+    fn start(client: &kube::Client, drift: &Arc<Notify>) -> DriftWatch {
+        DriftWatch {
+            tasks: vec![
+                watch_named::<ValidatingAdmissionPolicy>(client, drift),
+                watch_named::<ValidatingAdmissionPolicyBinding>(client, drift),
+            ],
+        }
+    }
+}
+
+impl Drop for DriftWatch {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Wakes `drift` on every change of the object named [`admission_policy::NAMESPACE_POLICY`]
+/// (and after each (re)list, which covers a deletion missed while disconnected). Our own
+/// applies wake it too; re-applying unchanged objects writes nothing, so that settles.
+fn watch_named<K>(client: &kube::Client, drift: &Arc<Notify>) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!(
+        "metadata.name={}",
+        admission_policy::NAMESPACE_POLICY
+    ));
+    let drift = drift.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => drift.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(kind = %K::kind(&()), error = %e, "namespace policy watch failed; retrying")
+                }
+            }
+        }
+    })
+}
+
+/// Logged once when discovery finds no ValidatingAdmissionPolicy v1.
+const NOT_SERVED_LOG: &str = "the API server does not serve admissionregistration.k8s.io/v1 validatingadmissionpolicies (Kubernetes 1.30+, OpenShift 4.17+): the namespace policy is enforced by the pod webhooks alone, which fail closed, so while the operator is down pods in the namespaces they intercept are refused";
+/// Logged when the policy becomes the gate.
+const IN_FORCE_LOG: &str = "namespace policy enforced inside the API server by a ValidatingAdmissionPolicy; the pod webhooks fail open";
+
+/// Logs what gates pods when it changes, and once that the API server lacks
+/// ValidatingAdmissionPolicy v1. Returns what it logged.
+fn announce(
+    served: Option<bool>,
+    last_served: &mut Option<bool>,
+    gate: Option<PodGate>,
+    last_gate: &mut Option<PodGate>,
+) -> Vec<&'static str> {
+    let mut logged = Vec::new();
+    if served == Some(false) && *last_served != Some(false) {
+        warn!("{NOT_SERVED_LOG}");
+        logged.push(NOT_SERVED_LOG);
+    }
+    if served.is_some() {
+        *last_served = served;
+    }
+    if gate == Some(PodGate::AdmissionPolicy) && *last_gate != gate {
+        info!(
+            policy = admission_policy::NAMESPACE_POLICY,
+            "{IN_FORCE_LOG}"
+        );
+        logged.push(IN_FORCE_LOG);
+    }
+    if gate.is_some() {
+        *last_gate = gate;
+    }
+    logged
+}
+
+/// Delay before retrying a pass that failed.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What the loop remembers between passes.
+#[derive(Default)]
+struct LoopState {
+    /// Fingerprint of the last successful pass, to log only changes.
+    last: Option<String>,
+    /// Inputs of the last successful pass, and when.
+    applied: Option<(Inputs, Instant)>,
+    /// After a failure: no retry before this, whatever changes.
+    retry_at: Option<Instant>,
+    last_served: Option<bool>,
+    last_gate: Option<PodGate>,
+}
+
+impl LoopState {
+    /// One pass if due; returns how long to wait for the next one at most.
+    async fn pass(
+        &mut self,
+        client: &kube::Client,
+        cfg: &RegistrationConfig,
+        cache: &ClusterCache,
+        certs: &CertStore,
+    ) -> Duration {
+        if let Some(left) = self
+            .retry_at
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+        {
+            return left;
+        }
+        // KataConfig status updates arrive often during an install; re-apply only when what
+        // the configurations depend on changed, or on the periodic resync (which repairs edits).
+        let inputs = Inputs::of(cache, certs);
+        let fresh = self
+            .applied
+            .as_ref()
+            .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
+        if fresh {
+            return cfg.resync;
+        }
+        match reconcile_once(client, cfg, cache, certs).await {
+            Ok(done) => {
+                if self.last.as_ref() != Some(&done.fingerprint) {
+                    info!("webhook configurations applied");
+                }
+                let _ = announce(
+                    inputs.admission_policy_served,
+                    &mut self.last_served,
+                    done.gate,
+                    &mut self.last_gate,
+                );
+                self.last = Some(done.fingerprint);
+                self.applied = Some((inputs, Instant::now()));
+                self.retry_at = None;
+                cfg.resync
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "cannot apply the webhook configurations; retrying in {}s",
+                    RETRY.as_secs()
+                );
+                self.applied = None;
+                self.retry_at = Some(Instant::now() + RETRY);
+                RETRY
+            }
         }
     }
 }
@@ -401,38 +654,20 @@ pub async fn run(
 ) {
     let mut cert_changes = certs.subscribe();
     let mut changes = cache.subscribe();
-    let mut last: Option<(String, Instant)> = None;
-    let mut applied_inputs: Option<(Inputs, Instant)> = None;
+    let drift = Arc::new(Notify::new());
+    let mut drift_watch: Option<DriftWatch> = None;
+    let mut state = LoopState::default();
     loop {
-        // KataConfig status updates arrive often during an install; re-apply only when what the
-        // configurations depend on changed, or on the periodic resync (which repairs edits).
-        let inputs = Inputs::of(&cache, &certs);
-        let fresh = applied_inputs
-            .as_ref()
-            .is_some_and(|(i, at)| *i == inputs && at.elapsed() < cfg.resync);
-        let wait = if fresh {
-            cfg.resync
-        } else {
-            match reconcile_once(&client, &cfg, &cache, &certs).await {
-                Ok(fp) => {
-                    if last.as_ref().map(|(f, _)| f) != Some(&fp) {
-                        info!("webhook configurations applied");
-                    }
-                    last = Some((fp, Instant::now()));
-                    applied_inputs = Some((inputs, Instant::now()));
-                    cfg.resync
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot apply the webhook configurations; retrying");
-                    applied_inputs = None;
-                    Duration::from_secs(5)
-                }
-            }
-        };
+        let served = admission_policy_served(&cache);
+        if served != drift_watch.is_some() {
+            drift_watch = served.then(|| DriftWatch::start(&client, &drift));
+        }
+        let wait = state.pass(&client, &cfg, &cache, &certs).await;
         tokio::select! {
             // The configurations follow the KataConfig in force; re-checking costs no API call.
             _ = changes.recv(), if !changes.is_closed() => {}
             r = cert_changes.changed() => { if r.is_err() { return; } }
+            () = drift.notified() => state.applied = None,
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
@@ -501,7 +736,7 @@ mod tests {
 
     #[test]
     fn pod_webhooks_never_reach_system_or_own_namespaces() {
-        let (m, val) = pod_webhooks(&svc(), Some("PEM"), None, "osc", "allow");
+        let (m, val) = pod_webhooks(&svc(), Some("PEM"), None, "osc", "allow", PodGate::Webhooks);
         let all: Vec<Value> = v(&m)["webhooks"]
             .as_array()
             .expect("a")
@@ -528,7 +763,7 @@ mod tests {
 
     #[test]
     fn selectors_and_failure_policies_follow_the_cluster_default() {
-        let (m, val) = pod_webhooks(&svc(), None, None, "osc", "allow");
+        let (m, val) = pod_webhooks(&svc(), None, None, "osc", "allow", PodGate::Webhooks);
         let (m, val) = (v(&m), v(&val));
         assert_eq!(
             m["webhooks"][0]["namespaceSelector"]["matchExpressions"][2],
@@ -539,7 +774,7 @@ mod tests {
         assert_eq!(val["webhooks"][1]["failurePolicy"], "Ignore");
         assert!(val["webhooks"][1]["matchConditions"].is_array());
 
-        let (m, val) = pod_webhooks(&svc(), None, None, "osc", "require");
+        let (m, val) = pod_webhooks(&svc(), None, None, "osc", "require", PodGate::Webhooks);
         let (m, val) = (v(&m), v(&val));
         assert_eq!(
             m["webhooks"][0]["namespaceSelector"]["matchExpressions"][2],
@@ -551,7 +786,7 @@ mod tests {
             "every pod checked"
         );
 
-        let (_, val) = pod_webhooks(&svc(), None, None, "osc", "deny");
+        let (_, val) = pod_webhooks(&svc(), None, None, "osc", "deny", PodGate::Webhooks);
         assert_eq!(v(&val)["webhooks"][1]["failurePolicy"], "Fail");
         assert!(v(&val)["webhooks"][1]["matchConditions"].is_array());
     }
@@ -560,15 +795,38 @@ mod tests {
     fn pod_webhooks_are_owned_by_the_kataconfig() {
         let mut kc = KataConfig::new("example", Default::default());
         kc.metadata.uid = Some("uid-1".into());
-        let (m, _) = pod_webhooks(&svc(), None, kataconfig_owner(&kc), "osc", "allow");
+        let (m, _) = pod_webhooks(
+            &svc(),
+            None,
+            kataconfig_owner(&kc),
+            "osc",
+            "allow",
+            PodGate::Webhooks,
+        );
         let o = &v(&m)["metadata"]["ownerReferences"][0];
         assert_eq!(o["kind"], "KataConfig");
         assert_eq!(o["uid"], "uid-1");
         assert_eq!(o["apiVersion"], "kataconfiguration.openshift.io/v1");
     }
 
-    /// `webhooks/manifests/configurations.yaml` is what the operator registers (Service mode,
-    /// default policy `allow`, caBundle left to the running operator); regenerate with
+    fn check_committed(file: &str, header: &str, docs: Vec<Result<String, serde_yaml::Error>>) {
+        let mut text = String::from(header);
+        for doc in docs {
+            text.push_str("---\n");
+            text.push_str(&doc.expect("yaml"));
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        if std::env::var_os("UPDATE_WEBHOOK_MANIFESTS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+            std::fs::write(&path, &text).expect("write");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(committed, text, "{file} is stale");
+    }
+
+    /// `webhooks/manifests/configurations.yaml` and `admission-policy.yaml` are what the
+    /// operator registers (Service mode, default policy `allow`, caBundle left to the running
+    /// operator, an API server serving ValidatingAdmissionPolicy v1); regenerate with
     /// `UPDATE_WEBHOOK_MANIFESTS=1 cargo test --lib registration`.
     #[test]
     fn committed_manifests_match_the_builders() {
@@ -577,29 +835,52 @@ mod tests {
             namespace: ns.into(),
             name: "sandboxed-containers-operator-webhook".into(),
         };
-        let (m, val) = pod_webhooks(&target, None, None, ns, "allow");
-        let mut docs = String::from(
-            "# Generated from src/webhook/registration.rs (see committed_manifests_match_the_builders).\n# The operator applies these itself (server-side apply) and adds ownerReferences. Shown as in\n# --cert-dir mode without ca.crt (service-ca injects caBundle); with the managed CA the operator\n# sets caBundle and leaves out the annotation.\n",
+        let (m, val) = pod_webhooks(&target, None, None, ns, "allow", PodGate::AdmissionPolicy);
+        check_committed(
+            "webhooks/manifests/configurations.yaml",
+            "# Generated from src/webhook/registration.rs (see committed_manifests_match_the_builders).\n# The operator applies these itself (server-side apply) and adds ownerReferences. Shown as in\n# --cert-dir mode without ca.crt (service-ca injects caBundle); with the managed CA the operator\n# sets caBundle and leaves out the annotation. Shown as on an API server that serves\n# ValidatingAdmissionPolicy v1 (admission-policy.yaml is then the gate): without it the pod\n# webhooks' failurePolicy Ignore is Fail (vpod-unlabelled stays Ignore under the default allow).\n",
+            vec![
+                serde_yaml::to_string(&kataconfig_webhook(&target, None, None)),
+                serde_yaml::to_string(&m),
+                serde_yaml::to_string(&val),
+            ],
         );
-        for doc in [
-            serde_yaml::to_string(&kataconfig_webhook(&target, None, None)),
-            serde_yaml::to_string(&m),
-            serde_yaml::to_string(&val),
-        ] {
-            docs.push_str("---\n");
-            docs.push_str(&doc.expect("yaml"));
-        }
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("webhooks/manifests/configurations.yaml");
-        if std::env::var_os("UPDATE_WEBHOOK_MANIFESTS").is_some() {
-            std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-            std::fs::write(&path, &docs).expect("write");
-        }
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            committed, docs,
-            "webhooks/manifests/configurations.yaml is stale"
+        check_committed(
+            "webhooks/manifests/admission-policy.yaml",
+            "# Generated from src/webhook/admission_policy.rs (see committed_manifests_match_the_builders\n# in registration.rs). The operator applies these itself (server-side apply) where the API\n# server serves ValidatingAdmissionPolicy v1, owned by the active KataConfig, which the binding\n# names as the parameters (here `example-kataconfig`).\n",
+            vec![
+                serde_yaml::to_string(&admission_policy::namespace_policy(None, ns)),
+                serde_yaml::to_string(&admission_policy::namespace_policy_binding(
+                    None,
+                    "example-kataconfig",
+                )),
+            ],
         );
+    }
+
+    #[test]
+    fn with_the_policy_in_force_no_pod_webhook_fails_closed() {
+        for default in ["allow", "require", "deny", "default"] {
+            let (m, val) =
+                pod_webhooks(&svc(), None, None, "osc", default, PodGate::AdmissionPolicy);
+            let (m, val) = (v(&m), v(&val));
+            assert_eq!(m["webhooks"][0]["failurePolicy"], "Ignore", "{default}");
+            for wh in val["webhooks"].as_array().expect("webhooks") {
+                assert_eq!(wh["failurePolicy"], "Ignore", "{default}");
+            }
+            // Selectors and conditions are the same as without the policy.
+            let (m_closed, val_closed) =
+                pod_webhooks(&svc(), None, None, "osc", default, PodGate::Webhooks);
+            let (m_closed, val_closed) = (v(&m_closed), v(&val_closed));
+            assert_eq!(
+                m["webhooks"][0]["namespaceSelector"],
+                m_closed["webhooks"][0]["namespaceSelector"]
+            );
+            assert_eq!(
+                val["webhooks"][1]["matchConditions"],
+                val_closed["webhooks"][1]["matchConditions"]
+            );
+        }
     }
 
     mod api {
@@ -657,10 +938,17 @@ mod tests {
 
         type Mock = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-        fn setup(active: bool) -> (kube::Client, Mock, ClusterCache, Arc<CertStore>) {
+        fn setup(
+            active: bool,
+            policy_served: bool,
+        ) -> (kube::Client, Mock, ClusterCache, Arc<CertStore>) {
             let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = kube::Client::new(svc, "default");
             let (caches, mut w) = ClusterCache::new();
+            w.served.send_replace(Some(crate::discovery::ServedApis {
+                validating_admission_policy: policy_served,
+                ..Default::default()
+            }));
             let kcs = if active {
                 vec![kataconfig("require")]
             } else {
@@ -699,7 +987,7 @@ mod tests {
 
         #[tokio::test]
         async fn active_kataconfig_gets_all_three_configurations_applied() {
-            let (client, mut handle, caches, certs) = setup(true);
+            let (client, mut handle, caches, certs) = setup(true, false);
             let server = tokio::spawn(async move {
                 let (req, send) = handle.next_request().await.expect("crd");
                 assert_eq!(req.method(), Method::GET);
@@ -773,7 +1061,7 @@ mod tests {
 
         #[tokio::test]
         async fn without_a_kataconfig_the_pod_webhooks_are_removed() {
-            let (client, mut handle, caches, certs) = setup(false);
+            let (client, mut handle, caches, certs) = setup(false, false);
             let server = tokio::spawn(async move {
                 let (_, send) = handle.next_request().await.expect("crd");
                 send.send_response(respond_json(
@@ -812,6 +1100,142 @@ mod tests {
                 deleted[1]
                     .ends_with("validatingwebhookconfigurations/sandboxed-containers-operator-pod")
             );
+        }
+
+        fn not_found() -> Response<Body> {
+            respond_json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                StatusCode::NOT_FOUND,
+            )
+        }
+
+        /// Answers every request of one pass: echoes applies, 404s the CRD and deletes, and
+        /// refuses paths containing `refuse`; returns (method, path, body) in order.
+        async fn serve_pass(
+            handle: &mut Mock,
+            count: usize,
+            refuse: Option<&str>,
+        ) -> Vec<(Method, String, Value)> {
+            let mut seen = Vec::new();
+            for _ in 0..count {
+                let (req, send) = handle.next_request().await.expect("request");
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                let b = body(req).await;
+                if refuse.is_some_and(|r| path.contains(r)) {
+                    send.send_response(respond_json(
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+                        StatusCode::FORBIDDEN,
+                    ));
+                } else if method == Method::PATCH {
+                    send.send_response(respond_json(b.clone(), StatusCode::OK));
+                } else {
+                    send.send_response(not_found());
+                }
+                seen.push((method, path, b));
+            }
+            seen
+        }
+
+        #[tokio::test]
+        async fn the_policy_is_applied_before_the_pod_webhooks_fail_open() {
+            let (client, mut handle, caches, certs) = setup(true, true);
+            let server = tokio::spawn(async move { serve_pass(&mut handle, 6, None).await });
+            let done = reconcile_once(&client, &cfg(), &caches, &certs)
+                .await
+                .expect("applied");
+            assert_eq!(done.gate, Some(PodGate::AdmissionPolicy));
+            let seen = server.await.expect("server");
+            let paths: Vec<&str> = seen.iter().map(|(_, p, _)| p.as_str()).collect();
+            assert!(
+                paths[2].ends_with(
+                    "validatingadmissionpolicies/sandboxed-containers-operator-namespace-policy"
+                ),
+                "{paths:?}"
+            );
+            assert!(paths[3].ends_with("validatingadmissionpolicybindings/sandboxed-containers-operator-namespace-policy"), "{paths:?}");
+            assert!(
+                paths[4]
+                    .ends_with("mutatingwebhookconfigurations/sandboxed-containers-operator-pod"),
+                "{paths:?}"
+            );
+            let binding = &seen[3].2;
+            assert_eq!(binding["spec"]["paramRef"]["name"], "example-kataconfig");
+            assert_eq!(
+                binding["metadata"]["ownerReferences"][0]["kind"],
+                "KataConfig"
+            );
+            assert_eq!(seen[4].2["webhooks"][0]["failurePolicy"], "Ignore");
+            assert_eq!(seen[5].2["webhooks"][0]["failurePolicy"], "Ignore");
+            assert_eq!(seen[5].2["webhooks"][1]["failurePolicy"], "Ignore");
+        }
+
+        #[tokio::test]
+        async fn a_policy_that_cannot_be_applied_leaves_the_pod_webhooks_failing_closed() {
+            let (client, mut handle, caches, certs) = setup(true, true);
+            let server = tokio::spawn(async move {
+                serve_pass(&mut handle, 5, Some("validatingadmissionpolicies")).await
+            });
+            let err = reconcile_once(&client, &cfg(), &caches, &certs)
+                .await
+                .expect_err("the policy was refused");
+            assert!(
+                format!("{err:#}").contains("cannot apply ValidatingAdmissionPolicy sandboxed-containers-operator-namespace-policy; the pod webhooks fail closed meanwhile"),
+                "{err:#}"
+            );
+            let seen = server.await.expect("server");
+            assert!(
+                seen[3]
+                    .1
+                    .ends_with("mutatingwebhookconfigurations/sandboxed-containers-operator-pod")
+            );
+            assert_eq!(seen[3].2["webhooks"][0]["failurePolicy"], "Fail");
+            assert_eq!(
+                seen[4].2["webhooks"][1]["failurePolicy"], "Fail",
+                "default require"
+            );
+        }
+
+        #[tokio::test]
+        async fn without_a_kataconfig_the_policy_goes_with_the_pod_webhooks() {
+            let (client, mut handle, caches, certs) = setup(false, true);
+            let server = tokio::spawn(async move { serve_pass(&mut handle, 6, None).await });
+            let done = reconcile_once(&client, &cfg(), &caches, &certs)
+                .await
+                .expect("ok; 404 on delete is fine");
+            assert_eq!(done.gate, None);
+            let seen = server.await.expect("server");
+            let deleted: Vec<&str> = seen[2..]
+                .iter()
+                .filter(|(m, _, _)| *m == Method::DELETE)
+                .map(|(_, p, _)| p.as_str())
+                .collect();
+            assert_eq!(deleted.len(), 4, "{deleted:?}");
+            assert!(deleted[2].ends_with(
+                "validatingadmissionpolicybindings/sandboxed-containers-operator-namespace-policy"
+            ));
+            assert!(deleted[3].ends_with(
+                "validatingadmissionpolicies/sandboxed-containers-operator-namespace-policy"
+            ));
+        }
+
+        #[test]
+        fn the_missing_policy_api_is_announced_once() {
+            let (mut served, mut gate) = (None, None);
+            let mut pass = |s, g| announce(s, &mut served, g, &mut gate);
+            assert!(
+                pass(None, Some(PodGate::Webhooks)).is_empty(),
+                "not known yet"
+            );
+            assert_eq!(pass(Some(false), Some(PodGate::Webhooks)), [NOT_SERVED_LOG]);
+            assert!(pass(Some(false), Some(PodGate::Webhooks)).is_empty());
+            assert!(pass(Some(false), None).is_empty());
+            assert!(NOT_SERVED_LOG.contains("pod webhooks alone, which fail closed"));
+            assert_eq!(
+                pass(Some(true), Some(PodGate::AdmissionPolicy)),
+                [IN_FORCE_LOG]
+            );
+            assert!(pass(Some(true), Some(PodGate::AdmissionPolicy)).is_empty());
+            assert_eq!(pass(Some(false), Some(PodGate::Webhooks)), [NOT_SERVED_LOG]);
         }
     }
 }

@@ -573,6 +573,14 @@ impl Sim {
                 .await?;
                 continue;
             };
+            if let Some(reason) = degraded.get(&name)
+                && state != "Degraded"
+            {
+                // A pass that began before `degrade_node` may have finished the node's update
+                // over its Degraded state: say it again.
+                self.set_annotations(&name, &[(MCO_STATE, "Degraded"), (MCO_REASON, reason)])
+                    .await?;
+            }
             if degraded.contains_key(&name) || state == "Degraded" {
                 // Counts against maxUnavailable: nothing else in the pool moves.
                 self.working.remove(&name);

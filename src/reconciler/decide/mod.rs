@@ -28,7 +28,7 @@ use super::observe::Observed;
 use super::status::{self, DEGRADED, IN_PROGRESS, READY, Wanted, reason};
 
 pub use report::Report;
-use report::finish;
+use report::{finish, namespace_policy_condition};
 
 /// The decision for one KataConfig.
 pub fn decide(obs: &Observed) -> Decision {
@@ -124,6 +124,8 @@ fn invalid(obs: &Observed, e: &SpecError, backend: Backend) -> Decision {
             "no kata node is degraded",
         ));
     }
+    // The webhooks and the policy still apply the KataConfig's namespace policy.
+    wanted.extend(namespace_policy_condition(obs));
     // Nothing is changed in the cluster: what is installed stays as it is until the spec is fixed.
     let report = Report {
         backend: Some(backend),
@@ -167,6 +169,48 @@ mod tests {
             d.events
                 .iter()
                 .any(|e| e.reason == reason::INVALID_SPEC && e.warning)
+        );
+    }
+
+    #[test]
+    fn whether_the_namespace_policy_holds_without_the_operator_follows_discovery() {
+        use crate::reconciler::status::NAMESPACE_POLICY_IN_API_SERVER as GATE;
+        let mut obs = observed(kc(json!({})), three_workers());
+        let d = decide(&obs);
+        let c = cond(&d, GATE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::POLICY_SERVED)
+        );
+        assert!(
+            c.message
+                .contains("sandboxed-containers-operator-namespace-policy"),
+            "{}",
+            c.message
+        );
+
+        obs.served.validating_admission_policy = false;
+        let d = decide(&obs);
+        let c = cond(&d, GATE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::POLICY_NOT_SERVED)
+        );
+        assert!(
+            c.message.contains(
+                "does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy"
+            ) && c.message.contains(
+                "while the operator is down pods in the namespaces they intercept are refused"
+            ),
+            "{}",
+            c.message
+        );
+        // An invalid spec still reports it (the webhooks still enforce the namespace policy).
+        let mut invalid = obs.clone();
+        invalid.kata_config.spec.log_level = "loud".into();
+        assert_eq!(
+            cond(&decide(&invalid), GATE).reason,
+            reason::POLICY_NOT_SERVED
         );
     }
 

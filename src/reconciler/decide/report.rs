@@ -2,12 +2,13 @@
 //! status and Events ([`finish`]), and the Degraded condition every branch reports.
 
 use crate::api::{Backend, KataConfigStatus, KataNodesStatus};
+use crate::names::NAMESPACE_POLICY;
 use crate::plan::progress::Progress;
 use crate::reconciler::action::{Action, Decision, Outcome};
 use crate::reconciler::events::{self, EventSpec};
 
 use crate::reconciler::observe::Observed;
-use crate::reconciler::status::{self, DEGRADED, Wanted, reason};
+use crate::reconciler::status::{self, DEGRADED, NAMESPACE_POLICY_IN_API_SERVER, Wanted, reason};
 
 /// The status a decision wants, before timestamps and the "unchanged → no write" rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +64,27 @@ pub(super) fn finish(
         reported: Some(status),
         events,
     }
+}
+
+/// Whether the namespace policy holds while the operator is down, from what discovery found.
+pub(super) fn namespace_policy_condition(obs: &Observed) -> Option<Wanted> {
+    Some(if obs.served.validating_admission_policy {
+        Wanted::new(
+            NAMESPACE_POLICY_IN_API_SERVER,
+            true,
+            reason::POLICY_SERVED,
+            format!(
+                "the namespace policy is enforced inside the API server by ValidatingAdmissionPolicy {NAMESPACE_POLICY}, so it holds while the operator is down; the pod webhooks fail open and only default pods to kata"
+            ),
+        )
+    } else {
+        Wanted::new(
+            NAMESPACE_POLICY_IN_API_SERVER,
+            false,
+            reason::POLICY_NOT_SERVED,
+            "the API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (Kubernetes 1.30+, OpenShift 4.17+), so the namespace policy is enforced by the operator's webhooks alone: they fail closed, and while the operator is down pods in the namespaces they intercept are refused; upgrade the cluster to enforce it inside the API server",
+        )
+    })
 }
 
 pub(super) fn degraded_condition(p: &Progress) -> Wanted {

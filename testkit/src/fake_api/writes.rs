@@ -325,6 +325,7 @@ impl FakeApi {
             record_manager(&mut obj, fm, "Update", &t.res.api_version(), None);
         }
         st.admit_owner_references(ctx, t, &name, None, &obj)?;
+        st.admit_admission_params(ctx, t, &name, None, &obj)?;
         if q.contains_key("dryRun") {
             return Ok((201, obj));
         }
@@ -372,6 +373,7 @@ impl FakeApi {
         }
         if !status_sub {
             st.admit_owner_references(ctx, t, &w.name, existing.as_ref(), &new)?;
+            st.admit_admission_params(ctx, t, &w.name, existing.as_ref(), &new)?;
         }
         if q.contains_key("dryRun") {
             return Ok((200, new));

@@ -279,3 +279,108 @@ async fn owner_references_need_delete_and_blocking_ones_need_finalizers_update()
         ]
     );
 }
+
+/// A ValidatingAdmissionPolicy's `paramKind` needs `get` on every object of the kind, its
+/// binding's `paramRef` `get` on the named one; an unchanged one is not checked again.
+#[tokio::test]
+async fn admission_policy_parameters_need_read_access() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use testkit::UserInfo;
+    let fake = FakeApi::new();
+    let user = UserInfo::service_account("team", "writer");
+    let grant = |verbs: Value| {
+        json!({"rules": [
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["kataconfiguration.openshift.io"], "resources": ["kataconfigs"], "verbs": verbs},
+        ]})
+    };
+    fake.insert_json(rbac("ClusterRole", "writer", None, grant(json!(["list"]))));
+    fake.insert_json(rbac(
+        "ClusterRoleBinding",
+        "writer",
+        None,
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "writer"},
+               "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": "team"}]}),
+    ));
+    let client = fake.client_as_user("writer", user);
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client);
+    let policy = || {
+        serde_json::from_value::<ValidatingAdmissionPolicy>(json!({
+            "metadata": {"name": "p"},
+            "spec": {"paramKind": {"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig"},
+                     "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
+                     "validations": [{"expression": "true"}]},
+        }))
+        .expect("policy")
+    };
+    let binding = serde_json::from_value::<ValidatingAdmissionPolicyBinding>(json!({
+        "metadata": {"name": "b"},
+        "spec": {"policyName": "p", "paramRef": {"name": "example", "parameterNotFoundAction": "Allow"}, "validationActions": ["Deny"]},
+    }))
+    .expect("binding");
+    let invalid = |e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 422 => s.message,
+        other => panic!("expected 422, got {other:?}"),
+    };
+    let msg = invalid(
+        policies
+            .create(&PostParams::default(), &policy())
+            .await
+            .expect_err("no get on kataconfigs"),
+    );
+    assert_eq!(
+        msg,
+        "ValidatingAdmissionPolicy.admissionregistration.k8s.io \"p\" is invalid: spec.paramKind: Forbidden: user \"system:serviceaccount:team:writer\" must have \"get\" permission on all objects of the referenced paramKind (kind=KataConfig, apiVersion=kataconfiguration.openshift.io/v1)"
+    );
+    fake.insert_json(rbac("ClusterRole", "writer", None, grant(json!(["get"]))));
+    policies
+        .create(&PostParams::default(), &policy())
+        .await
+        .expect("get on kataconfigs");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("get on the named KataConfig");
+    fake.insert_json(rbac("ClusterRole", "writer", None, grant(json!(["list"]))));
+    // Unchanged parameters are not authorized again.
+    policies
+        .patch(
+            "p",
+            &PatchParams::apply("t").force(),
+            &Patch::Apply(&policy()),
+        )
+        .await
+        .expect("unchanged paramKind");
+    let mut other = binding.clone();
+    if let Some(spec) = other.spec.as_mut() {
+        spec.param_ref.as_mut().expect("ref").name = Some("other".into());
+    }
+    let msg = invalid(
+        bindings
+            .patch("b", &PatchParams::apply("t").force(), &Patch::Apply(&other))
+            .await
+            .expect_err("a new paramRef"),
+    );
+    assert_eq!(
+        msg,
+        "ValidatingAdmissionPolicyBinding.admissionregistration.k8s.io \"b\" is invalid: spec.paramRef: Forbidden: user \"get\" does not have \"system:serviceaccount:team:writer\" permission on the object referenced by paramRef"
+    );
+    let asked: Vec<String> = fake
+        .authorizations_by("writer")
+        .iter()
+        .filter(|a| a.attributes.resource == "kataconfigs")
+        .map(|a| format!("{} {} {}", a.attributes.verb, a.attributes.name, a.allowed))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "get * false",
+            "get * true",
+            "get example true",
+            "get other false"
+        ]
+    );
+}

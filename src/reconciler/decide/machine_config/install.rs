@@ -11,7 +11,7 @@ use crate::plan::{self, LabelChange, NodeInfo};
 
 use super::pools::{pool_render, pool_updated, progress_message};
 use crate::reconciler::action::{Action, Decision, Desired, Kind};
-use crate::reconciler::decide::report::{Report, finish};
+use crate::reconciler::decide::report::{Report, finish, namespace_policy_condition};
 use crate::reconciler::decide::steps::{
     Writes, drift_event, install_conditions, keep_runtime_class,
 };
@@ -48,10 +48,11 @@ pub(in crate::reconciler::decide) fn decide_install(
     let complete = rolled_out && !kata_nodes.is_empty();
     let runtime_classes =
         keep_runtime_class(obs, &desired.runtime_class, &old, complete, &mut writes);
-    let (outcome, conditions) =
+    let (outcome, mut conditions) =
         install_conditions(kata_nodes, &desired.warnings, &progress, complete, || {
             progress_message(&progress, obs, pool_name, desired.topology(), false)
         });
+    conditions.extend(namespace_policy_condition(obs));
     let extra = drift_event(obs, &old, &writes.repaired);
     let report = Report {
         backend: Some(Backend::MachineConfig),

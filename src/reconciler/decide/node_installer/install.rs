@@ -10,7 +10,7 @@ use crate::plan::{LabelChange, NodeInfo};
 
 use super::progress_words::progress_message;
 use crate::reconciler::action::{Action, Decision, Desired};
-use crate::reconciler::decide::report::{Report, finish};
+use crate::reconciler::decide::report::{Report, finish, namespace_policy_condition};
 use crate::reconciler::decide::steps::{
     Writes, drift_event, install_conditions, keep_runtime_class,
 };
@@ -45,10 +45,11 @@ pub(in crate::reconciler::decide) fn decide_install(
         && progress.nodes.installed == *kata_nodes
         && !kata_nodes.is_empty();
     let runtime_classes = keep_runtime_class(obs, &desired.runtime_class, &old, true, &mut writes);
-    let (outcome, conditions) =
+    let (outcome, mut conditions) =
         install_conditions(kata_nodes, &desired.warnings, &progress, complete, || {
             progress_message(&progress, obs, false)
         });
+    conditions.extend(namespace_policy_condition(obs));
     let extra = drift_event(obs, &old, &writes.repaired);
     let report = Report {
         backend: Some(Backend::NodeInstaller),
