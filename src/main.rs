@@ -49,11 +49,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // 0 after a shutdown signal; otherwise the failure's class (README "run" section):
+            // 1 a part failed while running, 2 invalid configuration, 3 cannot start.
             match runtime.block_on(run::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    let failure = run::Failure::of(&e);
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    ExitCode::from(failure.exit_code())
                 }
             }
         }

@@ -141,6 +141,7 @@ fn start_operator(client: &Client) -> Operator {
             request_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            ..Default::default()
         },
         metrics,
         readiness.clone(),

@@ -25,7 +25,7 @@ use sandboxed_containers_operator::names::{
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MC_ROLE_LABEL, RUNTIME_CLASS, WORKER_ROLE_LABEL,
 };
 use sandboxed_containers_operator::observability::Metrics;
-use sandboxed_containers_operator::observability::Readiness;
+use sandboxed_containers_operator::observability::{Liveness, Readiness};
 use sandboxed_containers_operator::{leader, reconciler};
 use serde_json::{Value, json};
 use testkit::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
@@ -105,6 +105,7 @@ fn test_config() -> reconciler::Config {
         request_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
+        ..Default::default()
     }
 }
 
@@ -1207,29 +1208,39 @@ fn fast_lease() -> leader::LeaderConfig {
 
 struct Replica {
     shutdown: CancellationToken,
-    leading: tokio::sync::watch::Receiver<bool>,
+    /// The number of the term being led, 0 while not leading.
+    leading: tokio::sync::watch::Receiver<u64>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics: Arc<Metrics>,
+}
+
+impl Replica {
+    fn leads(&self) -> bool {
+        *self.leading.borrow() != 0
+    }
 }
 
 fn replica(api: &FakeApi, id: &str) -> Replica {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(leader::run_with_config(
-        api.operator_client(id),
-        "ops",
-        id.to_string(),
-        fast_lease(),
-        metrics.clone(),
-        shutdown.clone(),
-        move |stop: CancellationToken| async move {
-            let _ = tx.send(true);
-            stop.cancelled().await;
-            let _ = tx.send(false);
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let election = leader::Election {
+        client: api.operator_client(id),
+        namespace: "ops".into(),
+        identity: id.to_string(),
+        config: fast_lease(),
+        metrics: metrics.clone(),
+        liveness: Liveness::new(),
+    };
+    let task = tokio::spawn(election.run(shutdown.clone(), move |term: leader::Term| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(term.number);
+            term.stop.cancelled().await;
+            let _ = tx.send(0);
             Ok(())
-        },
-    ));
+        }
+    }));
     Replica {
         shutdown,
         leading: rx,
@@ -1251,11 +1262,11 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
     };
     let a = replica(&api, "a");
     let a_leading = a.leading.clone();
-    wait("a leads", Box::new(move || *a_leading.borrow())).await;
+    wait("a leads", Box::new(move || *a_leading.borrow() != 0)).await;
     let b = replica(&api, "b");
     // b stays a follower while a renews.
     tokio::time::sleep(fast_lease().lease_duration * 2).await;
-    assert!(!*b.leading.borrow(), "two leaders at once");
+    assert!(!b.leads(), "two leaders at once");
     assert_eq!(lease_holder(&api).as_deref(), Some("a"));
     assert_eq!(a.metrics.leader.get(), 1);
     assert_eq!(b.metrics.leader.get(), 0);
@@ -1264,7 +1275,7 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
     let killed = Instant::now();
     a.task.abort();
     let b_leading = b.leading.clone();
-    wait("b leads", Box::new(move || *b_leading.borrow())).await;
+    wait("b leads", Box::new(move || *b_leading.borrow() != 0)).await;
     println!(
         "leader handover after kill: {:?} (lease duration {:?})",
         killed.elapsed(),
@@ -1284,16 +1295,17 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
 }
 
 #[tokio::test]
-async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
+async fn a_leader_that_loses_the_lease_stops_its_work_and_campaigns_again() {
     let api = FakeApi::new();
     api.grant_operator_rbac("ops");
     let a = replica(&api, "a");
     let start = Instant::now();
-    while !*a.leading.borrow() {
+    while !a.leads() {
         assert!(start.elapsed() < HANG_GUARD);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Someone else takes the Lease (e.g. after a network partition).
+    assert_eq!(*a.leading.borrow(), 1, "the first term");
+    // Someone else takes the Lease (e.g. after a network partition), and never renews it.
     let leases: Api<Lease> = Api::namespaced(api.client_as("thief"), "ops");
     leases
         .patch(
@@ -1303,19 +1315,31 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
         )
         .await
         .expect("steal");
-    let res = tokio::time::timeout(HANG_GUARD, a.task)
-        .await
-        .expect("a ends")
-        .expect("join");
-    let err = res.expect_err("losing the Lease is an error");
-    assert!(
-        err.to_string()
-            .contains("lost leadership of Lease ops/sandboxed-containers-operator-leader"),
-        "{err}"
-    );
-    assert!(!*a.leading.borrow(), "work stopped");
+    let start = Instant::now();
+    while a.leads() {
+        assert!(start.elapsed() < HANG_GUARD, "work never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(a.metrics.leader.get(), 0);
-    drop(a.shutdown);
+    assert!(
+        !a.task.is_finished(),
+        "losing the Lease does not end the election"
+    );
+    // Once the thief's Lease expires, a takes it back and leads a second, fresh term.
+    let mut leading = a.leading.clone();
+    tokio::time::timeout(HANG_GUARD, leading.wait_for(|n| *n == 2))
+        .await
+        .expect("a leads again")
+        .expect("replica alive");
+    assert_eq!(lease_holder(&api).as_deref(), Some("a"));
+    assert_eq!(a.metrics.leader.get(), 1);
+    let lease = api
+        .get_ns::<Lease>("ops", leader::LEASE_NAME)
+        .expect("lease");
+    assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
+    a.shutdown.cancel();
+    a.task.await.expect("join").expect("clean shutdown");
+    assert_eq!(lease_holder(&api), None, "Lease released on shutdown");
 }
 
 // ---------------------------------------------------------------- measurements

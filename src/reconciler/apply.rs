@@ -18,7 +18,7 @@ use crate::names::{FIELD_MANAGER, FINALIZER, KATA_ROLE_LABEL};
 
 use super::action::{Action, Desired, Kind};
 use super::error::Error;
-use crate::kubeapi;
+use crate::kubeapi::{self, WriteFence};
 
 const NODE_LISTS: [&str; 7] = [
     "installed",
@@ -30,19 +30,30 @@ const NODE_LISTS: [&str; 7] = [
     "failedToUninstall",
 ];
 
-/// Executes actions against the API server, each bounded by `timeout`.
+/// Executes actions against the API server, each bounded by `timeout` and by what is left of
+/// the leadership term (`fence`): no write is sent once the term has ended.
 pub struct Writer {
     pub client: Client,
     pub timeout: Duration,
+    pub fence: WriteFence,
 }
 
 impl Writer {
+    /// The bound for the next write, or the error saying why it is not sent.
+    fn bound(&self, action: impl FnOnce() -> String) -> Result<Duration, Error> {
+        self.fence
+            .bound(self.timeout)
+            .map_err(|e| Error::not_leader(action(), e))
+    }
+
+    /// `fut` is lazy: nothing is sent unless the fence allows it and it is polled.
     async fn call<T>(
         &self,
-        action: impl FnOnce() -> String,
+        action: impl Fn() -> String,
         fut: impl std::future::Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
-        kubeapi::bounded(self.timeout, fut)
+        let timeout = self.bound(&action)?;
+        kubeapi::bounded(timeout, fut)
             .await
             .map_err(|e| Error::call(action(), e))
     }
@@ -56,10 +67,12 @@ impl Writer {
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::all(self.client.clone());
-        kubeapi::apply(&api, obj, self.timeout)
+        let action = || format!("applying {} {}", K::kind(&()), obj.name_any());
+        let timeout = self.bound(action)?;
+        kubeapi::apply(&api, obj, timeout)
             .await
             .map(|_| ())
-            .map_err(|e| Error::call(format!("applying {} {}", K::kind(&()), obj.name_any()), e))
+            .map_err(|e| Error::call(action(), e))
     }
 
     async fn delete<K>(&self, name: &str) -> Result<(), Error>
@@ -70,10 +83,12 @@ impl Writer {
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::all(self.client.clone());
-        kubeapi::delete_ignoring_404(&api, name, self.timeout)
+        let action = || format!("deleting {} {name}", K::kind(&()));
+        let timeout = self.bound(action)?;
+        kubeapi::delete_ignoring_404(&api, name, timeout)
             .await
             .map(|_| ())
-            .map_err(|e| Error::call(format!("deleting {} {name}", K::kind(&())), e))
+            .map_err(|e| Error::call(action(), e))
     }
 
     async fn merge<K>(&self, name: &str, patch: &Value) -> Result<(), Error>
