@@ -62,7 +62,7 @@ impl Default for LeaderConfig {
 impl LeaderConfig {
     /// A term ends this long after the start of its last successful renewal.
     pub fn renew_deadline(&self) -> Duration {
-        self.lease_duration.mul_f64(2.0 / 3.0)
+        self.lease_duration * 2 / 3
     }
 
     /// What is left of the Lease after the renew deadline: the longest the work of a lost term

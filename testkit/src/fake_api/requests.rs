@@ -187,6 +187,11 @@ impl FakeApi {
         self.state().faults.push(fault);
     }
 
+    /// Drops every injected fault not used up yet.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// End every open watch stream (clients must re-watch or re-list).
     pub fn close_watches(&self) {
         let _ = self.inner.tx.send(Msg::Close);

@@ -661,6 +661,12 @@ async fn injected_faults_fail_the_next_matching_requests_only() {
         api_code(api.get("a").await.expect_err("timeout")),
         (504, "Timeout".into())
     );
+
+    // Faults not used up yet can be dropped at once.
+    fake.inject(Fault::on("get", "configmaps", FaultKind::Status(503), 1000));
+    api.get("a").await.expect_err("503");
+    fake.clear_faults();
+    api.get("a").await.expect("cleared");
 }
 
 /// Lets a test see raw responses (headers) through the fake's public client only.
