@@ -442,8 +442,7 @@ async fn both_replicas_losing_the_api_at_once_keep_running_and_exactly_one_leads
     })
     .await;
     eventually("both serve, one leads", || {
-        [&a, &b].iter().all(|r| r.serving())
-            && a.metrics.leader.get() + b.metrics.leader.get() == 1
+        [&a, &b].iter().all(|r| r.serving()) && a.metrics.leader.get() + b.metrics.leader.get() == 1
     })
     .await;
     let ca = testkit::webhook_ca(&fake, NAMESPACE);

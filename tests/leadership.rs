@@ -3,7 +3,9 @@
 //! longer than the Lease's renew deadline. The reconciler steps down and writes nothing more,
 //! the webhooks keep answering over HTTPS, `/healthz` and `/readyz` stay green, and when the API
 //! server is back the process takes the Lease again, starts a fresh reconciler and completes the
-//! install, without ever exiting.
+//! install, without ever exiting. A Lease-only outage (every other request succeeds) shows the
+//! reconciler stopping on the renew deadline alone, and the write fence is shown cutting a write
+//! in flight at the deadline and sending none after it.
 //!
 //! Waits poll with a generous hang guard; no assertion depends on timing.
 
@@ -16,8 +18,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use sandboxed_containers_operator::api::{KataConfig, MachineConfigPool};
 use sandboxed_containers_operator::cli::{Cli, Command, RunArgs};
+use sandboxed_containers_operator::kubeapi::WriteFence;
 use sandboxed_containers_operator::names::KATA_POOL;
 use sandboxed_containers_operator::observability::{Metrics, Readiness};
+use sandboxed_containers_operator::reconciler::{Action, Error as ReconcileError, apply::Writer};
 use sandboxed_containers_operator::run;
 use serde_json::{Value, json};
 use testkit::{
@@ -205,10 +209,7 @@ fn pod_review() -> Value {
 async fn admit(ca: &[u8], webhook: SocketAddr) -> Value {
     let review = pod_review();
     let resp = https_client(ca)
-        .post(format!(
-            "https://127.0.0.1:{}/validate-pod",
-            webhook.port()
-        ))
+        .post(format!("https://127.0.0.1:{}/validate-pod", webhook.port()))
         .json(&review)
         .send()
         .await
@@ -220,7 +221,9 @@ async fn admit(ca: &[u8], webhook: SocketAddr) -> Value {
 }
 
 fn by_operator(log: &[RequestRecord]) -> impl Iterator<Item = (usize, &RequestRecord)> {
-    log.iter().enumerate().filter(|(_, r)| r.client == "operator")
+    log.iter()
+        .enumerate()
+        .filter(|(_, r)| r.client == "operator")
 }
 
 fn is_lease_write(r: &RequestRecord) -> bool {
@@ -339,7 +342,9 @@ async fn api_outage_past_the_renew_deadline_steps_down_keeps_webhooks_and_resume
         )),
         "the step-down is logged:\n{text}"
     );
-    assert!(text.contains("stepping down (the reconciler stops, webhooks keep serving) and campaigning again"));
+    assert!(text.contains(
+        "stepping down (the reconciler stops, webhooks keep serving) and campaigning again"
+    ));
     assert!(
         text.lines()
             .any(|l| l.contains("became leader") && l.contains("term=2")),
@@ -385,4 +390,58 @@ async fn a_leader_that_cannot_renew_writes_nothing_after_its_renew_deadline_thou
     eventually("the operator leads again", || op.leads()).await;
     eventually("the install completes", || op.running() && installed(&fake)).await;
     op.stop().await;
+}
+
+#[tokio::test]
+async fn the_write_fence_cuts_a_write_in_flight_at_its_deadline_and_sends_none_after() {
+    let fake = FakeApi::new();
+    seed_cluster(&fake, 0, 1, false);
+    let kc: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": "example"}, "spec": {},
+    }))
+    .expect("kataconfig");
+    // A hung API server holds the label patch far past the term's end.
+    fake.inject(Fault::on(
+        "patch",
+        "nodes",
+        FaultKind::Timeout(Duration::from_secs(3600)),
+        1,
+    ));
+    let fence = WriteFence::until(std::time::Instant::now() + Duration::from_millis(300));
+    let writer = Writer {
+        client: fake.client(),
+        timeout: Duration::from_secs(3600),
+        fence: fence.clone(),
+    };
+    let label = Action::LabelNode("worker-0".into());
+    let cut = tokio::time::timeout(Duration::from_secs(60), writer.execute(&kc, &label))
+        .await
+        .expect("the fence, not the hour-long timeout, ends the write")
+        .expect_err("cut at the deadline");
+    match &cut {
+        ReconcileError::Timeout { timeout, .. } => assert!(
+            *timeout <= Duration::from_millis(300),
+            "bounded by what was left of the term, not the request timeout: {cut}"
+        ),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert_eq!(fake.write_count_by("operator"), 1, "the one write was sent");
+
+    // After the deadline nothing is sent at all, and the error says why.
+    let refused = writer
+        .execute(&kc, &label)
+        .await
+        .expect_err("the term has ended");
+    assert_eq!(
+        refused.to_string(),
+        "setting label node-role.kubernetes.io/kata-oc on node worker-0: not written: this replica's leadership term has ended (the Lease was not renewed before its renew deadline, so another replica may lead)"
+    );
+    assert_eq!(fake.write_count_by("operator"), 1, "no second request");
+    assert!(
+        fake.get::<k8s_openapi::api::core::v1::Node>("worker-0")
+            .and_then(|n| n.metadata.labels)
+            .is_some_and(|l| !l.contains_key("node-role.kubernetes.io/kata-oc")),
+        "the node was never labelled"
+    );
 }
