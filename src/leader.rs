@@ -142,6 +142,12 @@ impl Election {
         let mut number = 0;
         loop {
             let Some(fence) = self.campaign(&mut elector, &heartbeat, &shutdown).await else {
+                if number > 0 {
+                    // A lost term may have left our name on the Lease: free it for a successor.
+                    if let Err(e) = elector.release(self.config.renew_deadline()).await {
+                        debug!(error = %format!("{e:#}"), "leader election: could not release the Lease at shutdown");
+                    }
+                }
                 return Ok(());
             };
             number += 1;

@@ -97,6 +97,42 @@ struct Reporting {
     liveness: Liveness,
 }
 
+/// The servers' configurations and bound listeners: what can refuse to start.
+struct Listeners {
+    webhook: Option<(crate::webhook::Config, TcpListener)>,
+    metrics: Option<(MetricsSecurity, TcpListener)>,
+    health: TcpListener,
+}
+
+impl Listeners {
+    /// Checks the flags ([`Failure::Usage`]) and binds every port ([`Failure::Startup`]).
+    async fn open(
+        args: &RunArgs,
+        client: &kube::Client,
+        certs: &Arc<CertStore>,
+    ) -> anyhow::Result<Listeners> {
+        let webhook = if args.disable_webhooks {
+            None
+        } else {
+            let config = crate::webhook::Config::from_run_args(args, certs.clone())
+                .context(Failure::Usage)?;
+            Some((config, bind(args.webhook_bind, "webhook").await?))
+        };
+        let metrics = if args.disable_metrics {
+            None
+        } else {
+            let security = metrics_security(args, client, certs).context(Failure::Usage)?;
+            Some((security, bind(args.metrics_bind, "metrics").await?))
+        };
+        let health = bind(args.health_bind, "health").await?;
+        Ok(Listeners {
+            webhook,
+            metrics,
+            health,
+        })
+    }
+}
+
 /// Runs every enabled part against `client` until `shutdown` (tests drive this in-process).
 pub async fn run_with(
     client: kube::Client,
@@ -112,20 +148,11 @@ pub async fn run_with(
     };
     let certs = CertStore::new(Some(report.metrics.clone()));
     // Everything that can refuse to start does so before anything runs.
-    let webhook = if args.disable_webhooks {
-        None
-    } else {
-        let config =
-            crate::webhook::Config::from_run_args(&args, certs.clone()).context(Failure::Usage)?;
-        Some((config, bind(args.webhook_bind, "webhook").await?))
-    };
-    let metrics_server = if args.disable_metrics {
-        None
-    } else {
-        let security = metrics_security(&args, &client, &certs).context(Failure::Usage)?;
-        Some((security, bind(args.metrics_bind, "metrics").await?))
-    };
-    let health = bind(args.health_bind, "health").await?;
+    let Listeners {
+        webhook,
+        metrics: metrics_server,
+        health,
+    } = Listeners::open(&args, &client, &certs).await?;
 
     // One watch per shared kind, read by the reconciler and the webhooks alike. Its watches
     // outlive leadership terms and reconnect with backoff on their own.

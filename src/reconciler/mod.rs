@@ -195,47 +195,61 @@ pub async fn run(
         heartbeat,
     });
 
-    let ready_ctx = ctx.clone();
-    let ready_task = tokio::spawn(async move {
-        let synced = async {
-            ready_ctx.owned.wait_until_ready().await?;
-            ready_ctx
-                .cluster
-                .wait_synced()
-                .await
-                .map_err(|e| Error::CacheNotReady(e.0))
-        };
-        match synced.await {
-            Ok(()) => {
-                tracing::info!("controller watch caches synced");
-                readiness.set(READINESS_COMPONENT, true);
-                // The shared caches may have synced before this reconciler subscribed.
-                let _ = trigger_tx.unbounded_send(());
-            }
-            Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
-        }
-    });
-
+    let ready_task = tokio::spawn(report_ready_when_synced(ctx.clone(), readiness, trigger_tx));
     controller
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(e, obj)) if e.category() == error::Category::NotLeader => {
-                    tracing::info!(kataconfig = %obj.name, error = %e, "reconcile cut short: the leadership term ended")
-                }
-                Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::warn!(kataconfig = %obj.name, category = e.category().as_str(), error = %e, "reconcile failed; retrying with backoff")
-                }
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-            }
-        })
+        .for_each(|res| async move { log_outcome(res) })
         .await;
     ready_task.abort();
     forward.abort();
     ctx.owned.stop_pod_watch().await;
     tracing::info!("reconciler stopped");
     Ok(())
+}
+
+/// Marks the component `controller` ready once every watch cache has synced, and triggers one
+/// reconcile then (the shared caches may have synced before this reconciler subscribed).
+async fn report_ready_when_synced(
+    ctx: Arc<Context>,
+    readiness: Readiness,
+    trigger: futures::channel::mpsc::UnboundedSender<()>,
+) {
+    let synced = async {
+        ctx.owned.wait_until_ready().await?;
+        ctx.cluster
+            .wait_synced()
+            .await
+            .map_err(|e| Error::CacheNotReady(e.0))
+    };
+    match synced.await {
+        Ok(()) => {
+            tracing::info!("controller watch caches synced");
+            readiness.set(READINESS_COMPONENT, true);
+            let _ = trigger.unbounded_send(());
+        }
+        Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
+    }
+}
+
+type ReconcileResult = Result<
+    (kube::runtime::reflector::ObjectRef<KataConfig>, Requeue),
+    controller::Error<Error, kube::runtime::watcher::Error>,
+>;
+
+/// One log line per reconcile outcome.
+fn log_outcome(res: ReconcileResult) {
+    match res {
+        Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(e, obj))
+            if e.category() == error::Category::NotLeader =>
+        {
+            tracing::info!(kataconfig = %obj.name, error = %e, "reconcile cut short: the leadership term ended")
+        }
+        Err(controller::Error::ReconcilerFailed(e, obj)) => {
+            tracing::warn!(kataconfig = %obj.name, category = e.category().as_str(), error = %e, "reconcile failed; retrying with backoff")
+        }
+        Err(e) => tracing::debug!(error = %e, "controller event"),
+    }
 }
 
 /// Turns changes of the shared caches the decision reads into reconcile triggers.

@@ -8,6 +8,8 @@
 //! one admin token (group `system:masters`) from a static token file and authorizes with RBAC.
 //! The MachineConfig, MachineConfigPool and ContainerRuntimeConfig CRDs (the real OpenShift
 //! ones from ../shared/crds) and our KataConfig CRD are installed and established.
+//! [`EnvTest::restart_apiserver`] kills kube-apiserver and starts it again on the same port (etcd
+//! keeps the data), for tests of riding out a control-plane restart.
 
 use std::ffi::OsStr;
 use std::fs;
