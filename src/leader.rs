@@ -225,6 +225,7 @@ impl Election {
         match hold {
             Hold::WorkEnded(joined) => {
                 // Shutdown, or the work ended by itself: hand over at once.
+                fence.close();
                 if let Err(e) = elector.release(self.config.renew_deadline()).await {
                     warn!(error = %format!("{e:#}"), "leader election: could not release the Lease");
                 }
