@@ -245,6 +245,17 @@ async fn campaigning_again(fake: &FakeApi, from: usize) -> usize {
     found.expect("found")
 }
 
+/// After `from`, writes of the reconciler, sent or refused by an unreachable server alike: the
+/// fence stops them from being attempted at all once the term has ended.
+fn reconciler_writes_since(fake: &FakeApi, from: usize) -> Vec<String> {
+    by_operator(&fake.requests())
+        .filter(|(i, r)| {
+            *i >= from && r.is_write && RECONCILER_WRITES.contains(&r.resource.as_str())
+        })
+        .map(|(i, r)| format!("#{i} {} {} refused={}", r.verb, r.resource, r.refused))
+        .collect()
+}
+
 /// After `from`, requests of the stopped reconciler: its own watches' and its writes.
 fn reconciler_requests_since(fake: &FakeApi, from: usize) -> Vec<String> {
     by_operator(&fake.requests())
@@ -288,6 +299,13 @@ async fn api_outage_past_the_renew_deadline_steps_down_keeps_webhooks_and_resume
     // Give a stopped reconciler every chance to show itself: several renew periods.
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2)).await;
     assert!(op.running() && op.metrics.leader.get() == 0);
+    // From the step-down on (the renew deadline had passed), no write was even attempted; from
+    // the next campaign on (the term's work had stopped), no request of the reconciler at all.
+    let late_writes = reconciler_writes_since(&fake, stepped_down);
+    assert!(
+        late_writes.is_empty(),
+        "writes after the renew deadline: {late_writes:#?}"
+    );
     let ghost = reconciler_requests_since(&fake, campaign);
     assert!(
         ghost.is_empty(),
@@ -378,6 +396,13 @@ async fn a_leader_that_cannot_renew_writes_nothing_after_its_renew_deadline_thou
     let stepped_down = fake.requests().len();
     let campaign = campaigning_again(&fake, stepped_down).await;
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2)).await;
+    // From the step-down on (the renew deadline had passed), no write was even attempted; from
+    // the next campaign on (the term's work had stopped), no request of the reconciler at all.
+    let late_writes = reconciler_writes_since(&fake, stepped_down);
+    assert!(
+        late_writes.is_empty(),
+        "writes after the renew deadline: {late_writes:#?}"
+    );
     let ghost = reconciler_requests_since(&fake, campaign);
     assert!(
         ghost.is_empty(),

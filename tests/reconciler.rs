@@ -20,6 +20,7 @@ use sandboxed_containers_operator::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
 };
 use sandboxed_containers_operator::cache::ClusterCache;
+use sandboxed_containers_operator::kubeapi::WriteFence;
 use sandboxed_containers_operator::names::{
     CONTAINER_RUNTIME_CONFIG, CONTROL_PLANE_ROLE_LABEL, CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER,
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MC_ROLE_LABEL, RUNTIME_CLASS, WORKER_ROLE_LABEL,
@@ -111,6 +112,10 @@ fn test_config() -> reconciler::Config {
 
 impl Cluster {
     fn start_operator(&self) -> Operator {
+        self.start_operator_with(test_config())
+    }
+
+    fn start_operator_with(&self, config: reconciler::Config) -> Operator {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::new();
@@ -119,7 +124,7 @@ impl Cluster {
         let task = tokio::spawn(reconciler::run(
             client,
             cluster,
-            test_config(),
+            config,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -1458,5 +1463,42 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
     assert_eq!(settled_writes, 0, "a settled cluster must cause no writes");
     pool_task.abort();
     kc_task.abort();
+    op.stop().await;
+}
+
+/// A reconciler whose leadership term has ended (its fence is closed) still observes, but sends
+/// no write at all: no finalizer, label, pool, status or Event; each reconcile is cut short and
+/// says why.
+#[tokio::test]
+async fn a_reconciler_whose_term_has_ended_sends_no_write() {
+    let logs = testkit::logs::capture("info");
+    let c = cluster(2).await;
+    c.create_kc("example", json!({})).await;
+    c.api.clear_requests();
+    let op = c.start_operator_with(reconciler::Config {
+        fence: WriteFence::until(Instant::now()),
+        ..test_config()
+    });
+    c.wait("a reconcile cut short by the fence", |_| {
+        logs.text()
+            .contains("reconcile cut short: the leadership term ended")
+            .then_some(())
+    })
+    .await;
+    let text = logs.text();
+    assert!(
+        text.contains("adding finalizer kataconfiguration.openshift.io/finalizer on KataConfig example: not written: this replica's leadership term has ended"),
+        "the first write of the install is the one refused:\n{text}"
+    );
+    assert!(op.readiness.check().is_ok(), "its caches synced");
+    let writes: Vec<String> = c
+        .api
+        .requests_by("operator")
+        .iter()
+        .filter(|r| r.is_write)
+        .map(|r| format!("{} {}", r.verb, r.resource))
+        .collect();
+    assert!(writes.is_empty(), "writes with a closed fence: {writes:?}");
+    assert!(c.kc("example").and_then(|k| k.status).is_none());
     op.stop().await;
 }
