@@ -45,8 +45,11 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!(
+                        "error: {}: cannot start the async runtime: {e}",
+                        run::Failure::Startup
+                    );
+                    return ExitCode::from(run::Failure::Startup.exit_code());
                 }
             };
             // 0 after a shutdown signal; otherwise the failure's class (README "run" section):
