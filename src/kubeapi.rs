@@ -1,10 +1,12 @@
 //! The write helpers every part of the operator uses (reconciler, webhook registration,
 //! certificate Secret), so writes behave the same everywhere: server-side apply under the one
 //! field manager, forced; every call bounded in time; a delete of something already gone is
-//! success. And one classification of API errors for requeues, metrics and logs.
+//! success. And one classification of API errors for requeues, metrics and logs. And the
+//! [`WriteFence`] that ends a leader's writes when its leadership term ends.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -39,6 +41,8 @@ pub enum Category {
     Internal,
     /// A watch stream failed in a way that is not an API answer.
     Watch,
+    /// A write refused by the [`WriteFence`]: this replica's leadership term ended.
+    NotLeader,
 }
 
 impl Category {
@@ -55,6 +59,7 @@ impl Category {
             Category::Cache => "cache",
             Category::Internal => "internal",
             Category::Watch => "watch",
+            Category::NotLeader => "not_leader",
         }
     }
 }
@@ -90,6 +95,79 @@ pub enum CallError {
     Kube(#[from] kube::Error),
     #[error("no answer from the API server within {}s", .0.as_secs_f64())]
     Timeout(Duration),
+}
+
+/// Until when this process may write. Leader election holds one per leadership term and moves
+/// its deadline to "renew deadline after the last successful renewal"; once the deadline passes
+/// (or the term is closed) it never opens again. Writers ask [`WriteFence::bound`] before every
+/// request and bound the request by the time left, so no write starts, and none is still
+/// awaited, after the deadline, which comes before any other replica may take the Lease over.
+#[derive(Clone, Debug, Default)]
+pub struct WriteFence {
+    /// `None`: no leader election, always open.
+    deadline: Option<Arc<Mutex<Instant>>>,
+}
+
+/// A write refused because the leadership term it belonged to has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not written: this replica's leadership term has ended (the Lease was not renewed before its renew deadline, so another replica may lead)"
+)]
+pub struct FenceClosed;
+
+impl WriteFence {
+    /// A fence that never closes (`--no-leader-elect`, tests of the reconciler alone).
+    pub fn always_open() -> Self {
+        Self::default()
+    }
+
+    /// A fence open until `deadline`.
+    pub fn until(deadline: Instant) -> Self {
+        WriteFence {
+            deadline: Some(Arc::new(Mutex::new(deadline))),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let d = self.deadline.as_ref()?;
+        Some(*d.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Moves the deadline to `deadline` if the fence is still open; a closed fence stays closed.
+    pub fn extend(&self, deadline: Instant) {
+        if let Some(d) = &self.deadline {
+            let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+            if Instant::now() < *d {
+                *d = deadline.max(*d);
+            }
+        }
+    }
+
+    /// Closes the fence now, for good.
+    pub fn close(&self) {
+        if let Some(d) = &self.deadline {
+            *d.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+    }
+
+    /// The deadline, `None` for a fence that never closes.
+    pub fn closes_at(&self) -> Option<Instant> {
+        self.deadline()
+    }
+
+    /// The time bound for one write that would otherwise get `timeout`: `timeout` cut to what is
+    /// left of the term, or [`FenceClosed`] once nothing is.
+    pub fn bound(&self, timeout: Duration) -> Result<Duration, FenceClosed> {
+        let Some(deadline) = self.deadline() else {
+            return Ok(timeout);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(FenceClosed)
+        } else {
+            Ok(timeout.min(left))
+        }
+    }
 }
 
 /// Runs one API call, giving up after `timeout`.
@@ -159,6 +237,43 @@ mod tests {
         assert!(matches!(none_if_absent(Ok(1)), Ok(Some(1))));
         assert!(none_if_absent::<()>(Err(api_error(500))).is_err());
         assert!(none_if_absent::<()>(Err(CallError::Timeout(Duration::from_secs(1)))).is_err());
+    }
+
+    #[test]
+    fn a_fence_cuts_timeouts_to_its_deadline_then_refuses_for_good() {
+        let open = WriteFence::always_open();
+        assert_eq!(open.bound(REQUEST_TIMEOUT), Ok(REQUEST_TIMEOUT));
+        assert_eq!(open.closes_at(), None);
+
+        let fence = WriteFence::until(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(fence.bound(REQUEST_TIMEOUT), Ok(REQUEST_TIMEOUT));
+        let soon = Instant::now() + Duration::from_secs(5);
+        let fence = WriteFence::until(soon);
+        let cut = fence.bound(REQUEST_TIMEOUT).expect("open");
+        assert!(cut <= Duration::from_secs(5), "{cut:?}");
+        fence.close();
+        assert_eq!(fence.bound(REQUEST_TIMEOUT), Err(FenceClosed));
+        fence.extend(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(
+            fence.bound(REQUEST_TIMEOUT),
+            Err(FenceClosed),
+            "a closed term never reopens"
+        );
+        assert!(
+            FenceClosed
+                .to_string()
+                .starts_with("not written: this replica's leadership term has ended")
+        );
+    }
+
+    #[test]
+    fn an_open_fence_only_moves_its_deadline_later() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let fence = WriteFence::until(far);
+        fence.extend(Instant::now() + Duration::from_secs(1));
+        assert_eq!(fence.closes_at(), Some(far));
+        fence.extend(far + Duration::from_secs(1));
+        assert_eq!(fence.closes_at(), Some(far + Duration::from_secs(1)));
     }
 
     #[tokio::test]

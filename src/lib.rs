@@ -13,10 +13,10 @@
 //! | [`webhook`] | admission: pure decisions behind a thin HTTP layer; registration of its configurations | `cache`, `certs`, `server` |
 //! | [`certs`] | the self-managed CA and serving certificate, or `--cert-dir` files | `kubeapi` |
 //! | [`observability`] | metric registry and `/metrics` (TokenReview/SAR), readiness and health, logging, signals | `server` |
-//! | [`leader`] | Lease leader election | `observability` |
+//! | [`leader`] | Lease leader election: one term at a time, each with a write fence; a lost term steps the reconciler down and campaigns again | `observability`, `kubeapi` |
 //! | [`discovery`] | which optional APIs the server serves (ValidatingAdmissionPolicy, MCO, monitoring) | — |
 //! | [`monitoring_objects`] | the ServiceMonitor, PrometheusRule and Prometheus RBAC the operator keeps while monitoring is served, owned by its Deployment | `cache`, `kubeapi`, `packaging` |
-//! | [`kubeapi`] | the shared write helpers (SSA, delete ignoring 404, timeouts) and API error classes | `names` |
+//! | [`kubeapi`] | the shared write helpers (SSA, delete ignoring 404, timeouts, the write fence) and API error classes | `names` |
 //! | [`server`] | the TLS/plain HTTP server with graceful drain every listener uses | — |
 //! | [`run`] | `run`: every part under one shutdown signal | all of the above |
 //! | [`crdgen`], [`render`], [`packaging`] | the CRD from the types; the offline planner; the OLM bundle and `deploy/` | `api`, `plan` |

@@ -47,15 +47,21 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!(
+                        "error: {}: cannot start the async runtime: {e}",
+                        run::Failure::Startup
+                    );
+                    return ExitCode::from(run::Failure::Startup.exit_code());
                 }
             };
+            // 0 after a shutdown signal; otherwise the failure's class (README "run" section):
+            // 1 a part failed while running, 2 invalid configuration, 3 cannot start.
             match runtime.block_on(run::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    let failure = run::Failure::of(&e);
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    ExitCode::from(failure.exit_code())
                 }
             }
         }

@@ -152,7 +152,7 @@ async fn node_installer_backend_on_a_real_api_server_without_the_mco() {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             namespace: NAMESPACE.into(),
-            operator_condition: None,
+            ..Default::default()
         },
         metrics,
         Readiness::new(),

@@ -46,7 +46,18 @@ where
 }
 
 fn run_args(webhook: SocketAddr, metrics: SocketAddr, health: SocketAddr) -> RunArgs {
-    let cli = Cli::try_parse_from([
+    run_args_with(webhook, metrics, health, &[])
+}
+
+fn run_args_with(
+    webhook: SocketAddr,
+    metrics: SocketAddr,
+    health: SocketAddr,
+    extra: &[&str],
+) -> RunArgs {
+    let webhook_url = format!("https://127.0.0.1:{}", webhook.port());
+    let (webhook, metrics, health) = (webhook.to_string(), metrics.to_string(), health.to_string());
+    let mut argv = vec![
         "sandboxed-containers-operator",
         "run",
         "--namespace",
@@ -54,15 +65,16 @@ fn run_args(webhook: SocketAddr, metrics: SocketAddr, health: SocketAddr) -> Run
         "--identity",
         "envtest-operator",
         "--webhook-bind",
-        &webhook.to_string(),
+        &webhook,
         "--webhook-url",
-        &format!("https://127.0.0.1:{}", webhook.port()),
+        &webhook_url,
         "--metrics-bind",
-        &metrics.to_string(),
+        &metrics,
         "--health-bind",
-        &health.to_string(),
-    ])
-    .expect("run flags parse");
+        &health,
+    ];
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).expect("run flags parse");
     match cli.command {
         Command::Run(args) => args,
         other => panic!("expected run, got {other:?}"),
@@ -310,6 +322,221 @@ async fn whole_operator_runs_under_its_generated_rbac_on_a_real_api_server() {
         refused.is_empty(),
         "the operator was refused by the API server:\n{}",
         refused.join("\n")
+    );
+}
+
+/// What a prober saw while the API server was restarted.
+#[derive(Default)]
+struct Probed {
+    /// Webhook reviews answered over HTTPS, with when.
+    admitted: Vec<Instant>,
+    /// `/healthz` answers that were not 200.
+    unhealthy: Vec<String>,
+    /// The leader gauge was seen at 0.
+    stepped_down: bool,
+}
+
+/// Calls the webhook over HTTPS (trusting `ca`), `/healthz`, and reads the leader gauge every
+/// 100 ms until `stop`.
+async fn probe_while(
+    ca: Vec<u8>,
+    webhook: SocketAddr,
+    health: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Probed {
+    let https = testkit::https_client(&ca);
+    let plain = reqwest::Client::new();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("webhooks/samples/pod-plain-default.json"),
+    )
+    .expect("sample");
+    let review: Value = serde_json::from_str(&text).expect("json");
+    let mut seen = Probed::default();
+    while !stop.is_cancelled() {
+        seen.stepped_down |= metrics.leader.get() == 0;
+        let answer = https
+            .post(format!("https://127.0.0.1:{}/validate-pod", webhook.port()))
+            .json(&review)
+            .send()
+            .await;
+        if let Ok(resp) = answer
+            && resp.status() == 200
+            && let Ok(v) = resp.json::<Value>().await
+            && v["response"]["allowed"] == true
+        {
+            seen.admitted.push(Instant::now());
+        }
+        match plain.get(format!("http://{health}/healthz")).send().await {
+            Ok(r) if r.status() == 200 => {}
+            other => seen.unhealthy.push(format!("{other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+/// The incident: kube-apiserver stops mid-install for longer than the renew deadline
+/// and comes back. The operator steps down, keeps answering webhooks and `/healthz`, takes the
+/// Lease again, finishes the install and never exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_rides_out_an_apiserver_restart_mid_install_on_a_real_api_server() {
+    let Some(mut env) = envtest::start().await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let logs =
+        testkit::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
+    let admin = env.client.clone();
+    let operator = env
+        .operator_client(DEFAULT_OPERATOR_NAMESPACE)
+        .await
+        .expect("operator ServiceAccount client");
+    for i in 0..3 {
+        apply::<Node>(
+            &admin,
+            node_json(&format!("worker-{i}"), &["worker"], json!({})),
+        )
+        .await;
+    }
+    apply::<MachineConfig>(&admin, machine_config_json("00-worker", "worker")).await;
+    let sim = McoSimulator::spawn(
+        admin.clone(),
+        SimOptions {
+            create_default_pools: true,
+            step: Duration::from_millis(500),
+        },
+    )
+    .await
+    .expect("mco simulator");
+    let (webhook, metrics_addr, health) = (free_port(), free_port(), free_port());
+    let (shutdown, readiness, metrics) = (
+        CancellationToken::new(),
+        Readiness::new(),
+        Arc::new(Metrics::new()),
+    );
+    // Lease 3 s: renew deadline 2 s, well inside the outage below.
+    let task = tokio::spawn(run::run_with(
+        operator,
+        run_args_with(
+            webhook,
+            metrics_addr,
+            health,
+            &["--lease-duration-seconds", "3"],
+        ),
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    wait_for("the operator leads and is ready", || {
+        let ok = metrics.leader.get() == 1 && readiness.check().is_ok();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let kcs: Api<KataConfig> = Api::all(admin.clone());
+    let kc: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": "example"}, "spec": {},
+    }))
+    .expect("kc");
+    wait_for("the KataConfig is admitted", || {
+        let (kcs, kc) = (kcs.clone(), kc.clone());
+        async move {
+            match kcs.create(&PostParams::default(), &kc).await {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Some(()),
+                // The webhook is registered before it serves: retry until it answers.
+                Err(kube::Error::Api(s)) if s.code == 500 => None,
+                Err(e) => panic!("create KataConfig: {e}"),
+            }
+        }
+    })
+    .await;
+    let pools: Api<MachineConfigPool> = Api::all(admin.clone());
+    wait_for("the install is under way", || {
+        let pools = pools.clone();
+        async move { pools.get_opt("kata-oc").await.ok()?.map(|_| ()) }
+    })
+    .await;
+    let installed = |kcs: Api<KataConfig>| async move {
+        let s = kcs.get("example").await.ok()?.status?;
+        (s.kata_nodes.ready_node_count == 3 && s.runtime_classes == ["kata"]).then_some(())
+    };
+    assert!(
+        installed(kcs.clone()).await.is_none(),
+        "restart mid-install"
+    );
+    let ca = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        admin.clone(),
+        DEFAULT_OPERATOR_NAMESPACE,
+    )
+    .get("sandboxed-containers-operator-webhook-cert")
+    .await
+    .expect("webhook certificate Secret")
+    .data
+    .and_then(|d| d.get("ca.crt").cloned())
+    .expect("ca.crt")
+    .0;
+
+    let stop_probe = CancellationToken::new();
+    let prober = tokio::spawn(probe_while(
+        ca,
+        webhook,
+        health,
+        metrics.clone(),
+        stop_probe.clone(),
+    ));
+    let down = Instant::now();
+    let outage = Duration::from_secs(6);
+    env.restart_apiserver(outage)
+        .await
+        .expect("kube-apiserver restarted");
+    assert!(!task.is_finished(), "the operator exited:\n{}", logs.text());
+    wait_for("the operator leads again", || {
+        let ok = metrics.leader.get() == 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    wait_for("the install completes after the restart", || {
+        installed(kcs.clone())
+    })
+    .await;
+    stop_probe.cancel();
+    let probed = prober.await.expect("join");
+    assert!(probed.stepped_down, "the reconciler stepped down");
+    assert!(
+        probed.unhealthy.is_empty(),
+        "/healthz failed: {:?}",
+        probed.unhealthy
+    );
+    let while_down = probed
+        .admitted
+        .iter()
+        .filter(|t| **t > down + Duration::from_secs(1) && **t < down + outage)
+        .count();
+    assert!(
+        while_down > 0,
+        "the webhook answered while the API server was down"
+    );
+    assert!(!task.is_finished(), "the operator exited:\n{}", logs.text());
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .expect("stops")
+        .expect("join");
+    assert!(result.is_ok(), "run_with ended with {result:?}");
+    sim.stop().await;
+    let text = logs.text();
+    assert!(
+        text.contains("lost leadership of Lease openshift-sandboxed-containers-operator/sandboxed-containers-operator-leader"),
+        "the step-down is logged"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("became leader") && l.contains("term=2")),
+        "a second term was led"
     );
 }
 

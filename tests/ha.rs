@@ -2,7 +2,8 @@
 //! in-memory API server. One leads the reconciler; every replica serves the webhooks with the
 //! same certificate; a cleanly stopped leader hands over at once, and a killed one (no Lease
 //! release) within the Lease duration plus one renew period, after which the new leader repairs
-//! drift.
+//! drift. When the API server goes away for every replica at once, none exits: all keep serving
+//! the webhooks, and once it is back exactly one leads again.
 //!
 //! Each replica runs on its own tokio runtime, so killing it (`shutdown_background`) drops every
 //! task it spawned at once, the way a process death would, without releasing the Lease.
@@ -405,4 +406,105 @@ async fn one_replica_leads_all_serve_webhooks_and_leadership_moves_on_stop_and_o
         .expect("join");
     assert!(stopped.is_ok(), "clean stop ended with {stopped:?}");
     assert_eq!(holder(&fake), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_replicas_losing_the_api_at_once_keep_running_and_exactly_one_leads_after() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeApi::new();
+    seed_cluster(&fake, 3, 3, false);
+    let _sim = McoSimulator::spawn(
+        fake.client_as("mco-sim"),
+        SimOptions {
+            create_default_pools: true,
+            step: Duration::from_millis(10),
+        },
+    )
+    .await
+    .expect("mco simulator");
+    let admin = fake.client_as("admin");
+    let service_url = format!("https://127.0.0.1:{}", free_port().port());
+    let a = Replica::start(&fake, "replica-a", &service_url);
+    let b = Replica::start(&fake, "replica-b", &service_url);
+    let kc: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": {"name": "example-kataconfig"}, "spec": {},
+    }))
+    .expect("kataconfig");
+    Api::<KataConfig>::all(admin.clone())
+        .create(&PostParams::default(), &kc)
+        .await
+        .expect("create kataconfig");
+    eventually("kata installed", || {
+        fake.get::<KataConfig>("example-kataconfig")
+            .and_then(|k| k.status)
+            .is_some_and(|s| s.kata_nodes.ready_node_count == 3)
+    })
+    .await;
+    eventually("both serve, one leads", || {
+        [&a, &b].iter().all(|r| r.serving()) && a.metrics.leader.get() + b.metrics.leader.get() == 1
+    })
+    .await;
+    let ca = testkit::webhook_ca(&fake, NAMESPACE);
+    let review = pod_review();
+
+    // The API server goes away for both at once, for longer than the Lease.
+    fake.set_unreachable(true);
+    eventually("nobody leads without the API server", || {
+        [&a, &b]
+            .iter()
+            .all(|r| !r.task.is_finished() && r.metrics.leader.get() == 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS)).await;
+    for r in [&a, &b] {
+        assert!(r.serving(), "{} serves webhooks during the outage", r.name);
+        let (_, resp) = served(&ca, r.webhook, &review).await;
+        assert_eq!(resp["response"]["allowed"], true);
+    }
+
+    fake.set_unreachable(false);
+    eventually("one replica leads again", || {
+        a.metrics.leader.get() + b.metrics.leader.get() == 1
+    })
+    .await;
+    // And it stays exactly one, sampled over two Lease durations.
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(LEASE_SECONDS * 2);
+    while tokio::time::Instant::now() < watch_until {
+        let leaders = a.metrics.leader.get() + b.metrics.leader.get();
+        assert!(leaders <= 1, "two leaders at once after the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (leader, follower) = if a.metrics.leader.get() == 1 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(leader.metrics.leader.get(), 1);
+    assert_eq!(holder(&fake), leader.name);
+    for r in [&a, &b] {
+        assert!(!r.task.is_finished(), "{} never exited", r.name);
+        assert!(r.serving());
+    }
+    // The leader leads: drift is repaired by it, and only by it.
+    fake.clear_requests();
+    Api::<RuntimeClass>::all(admin.clone())
+        .delete("kata", &DeleteParams::default())
+        .await
+        .expect("delete RuntimeClass");
+    eventually("the leader recreates the RuntimeClass", || {
+        fake.get::<RuntimeClass>("kata").is_some()
+    })
+    .await;
+    assert!(
+        fake.requests_by(follower.name)
+            .iter()
+            .all(|r| r.resource != "runtimeclasses" || !r.is_write),
+        "the follower never writes"
+    );
+    assert!(
+        fake.requests_by(leader.name)
+            .iter()
+            .any(|r| r.resource == "runtimeclasses" && r.is_write)
+    );
 }

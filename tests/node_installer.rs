@@ -77,7 +77,7 @@ impl Cluster {
             backoff_base: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             namespace: NAMESPACE.into(),
-            operator_condition: None,
+            ..Default::default()
         };
         let task = tokio::spawn(reconciler::run(
             client,

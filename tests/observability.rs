@@ -19,11 +19,11 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sandboxed_containers_operator::api::KataNodesStatus;
 use sandboxed_containers_operator::observability::Metrics;
-use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::observability::{
     AccessDecision, AuthError, Authorizer, BearerToken, CachedAuthorizer, KubeAuthorizer,
     MetricsSecurity, UserInfo, kube_authorizer, serve_health, serve_metrics, shutdown_on_signal,
 };
+use sandboxed_containers_operator::observability::{Liveness, Readiness};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -582,7 +582,12 @@ async fn readyz_lists_waiting_components_until_all_are_ready() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve_health(listener, readiness.clone(), shutdown.clone()));
+    let task = tokio::spawn(serve_health(
+        listener,
+        readiness.clone(),
+        Liveness::new(),
+        shutdown.clone(),
+    ));
     let client = reqwest::Client::new();
     let healthz = format!("http://{addr}/healthz");
     let readyz = format!("http://{addr}/readyz");
@@ -612,6 +617,53 @@ async fn readyz_lists_waiting_components_until_all_are_ready() {
     let (status, _, body) = get(&client, &healthz, None).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
 
+    shutdown.cancel();
+    task.await
+        .expect("join")
+        .expect("health server ends cleanly");
+}
+
+#[tokio::test]
+async fn healthz_fails_naming_a_wedged_task_and_recovers_when_it_beats_again() {
+    captured_logs();
+    let liveness = Liveness::new();
+    // Armed with a bound far below the polling below, so it is overdue almost at once.
+    let stuck = liveness.heartbeat("controller", Duration::from_millis(20));
+    let idle = liveness.heartbeat("leader-election", Duration::from_millis(20));
+    idle.rest();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve_health(
+        listener,
+        Readiness::new(),
+        liveness.clone(),
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+    let healthz = format!("http://{addr}/healthz");
+    let mut answer = get(&client, &healthz, None).await;
+    for _ in 0..600 {
+        if answer.0 != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = get(&client, &healthz, None).await;
+    }
+    let (status, _, body) = answer;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body.starts_with("wedged: controller made no progress for ")
+            && body.ends_with("s (bound 0.0s)\n"),
+        "only the armed, silent task is named: {body:?}"
+    );
+    // Resting (idle by design) or gone is not wedged.
+    stuck.rest();
+    let (status, _, body) = get(&client, &healthz, None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    drop(stuck);
+    let (status, _, _) = get(&client, &healthz, None).await;
+    assert_eq!(status, StatusCode::OK);
     shutdown.cancel();
     task.await
         .expect("join")

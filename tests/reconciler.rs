@@ -20,12 +20,13 @@ use sandboxed_containers_operator::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool,
 };
 use sandboxed_containers_operator::cache::ClusterCache;
+use sandboxed_containers_operator::kubeapi::WriteFence;
 use sandboxed_containers_operator::names::{
     CONTAINER_RUNTIME_CONFIG, CONTROL_PLANE_ROLE_LABEL, CRIO_DROPIN_MC, EXTENSION_MC, FINALIZER,
     KATA_POOL, KATA_ROLE_LABEL, MASTER_ROLE_LABEL, MC_ROLE_LABEL, RUNTIME_CLASS, WORKER_ROLE_LABEL,
 };
 use sandboxed_containers_operator::observability::Metrics;
-use sandboxed_containers_operator::observability::Readiness;
+use sandboxed_containers_operator::observability::{Liveness, Readiness};
 use sandboxed_containers_operator::{leader, reconciler};
 use serde_json::{Value, json};
 use testkit::{FakeApi, Fault, FaultKind, McoSimulator, SimHandle, SimOptions};
@@ -111,6 +112,10 @@ fn test_config() -> reconciler::Config {
 
 impl Cluster {
     fn start_operator(&self) -> Operator {
+        self.start_operator_with(test_config())
+    }
+
+    fn start_operator_with(&self, config: reconciler::Config) -> Operator {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::new();
@@ -119,7 +124,7 @@ impl Cluster {
         let task = tokio::spawn(reconciler::run(
             client,
             cluster,
-            test_config(),
+            config,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -1208,29 +1213,39 @@ fn fast_lease() -> leader::LeaderConfig {
 
 struct Replica {
     shutdown: CancellationToken,
-    leading: tokio::sync::watch::Receiver<bool>,
+    /// The number of the term being led, 0 while not leading.
+    leading: tokio::sync::watch::Receiver<u64>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     metrics: Arc<Metrics>,
+}
+
+impl Replica {
+    fn leads(&self) -> bool {
+        *self.leading.borrow() != 0
+    }
 }
 
 fn replica(api: &FakeApi, id: &str) -> Replica {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(leader::run_with_config(
-        api.operator_client(id),
-        "ops",
-        id.to_string(),
-        fast_lease(),
-        metrics.clone(),
-        shutdown.clone(),
-        move |stop: CancellationToken| async move {
-            let _ = tx.send(true);
-            stop.cancelled().await;
-            let _ = tx.send(false);
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let election = leader::Election {
+        client: api.operator_client(id),
+        namespace: "ops".into(),
+        identity: id.to_string(),
+        config: fast_lease(),
+        metrics: metrics.clone(),
+        liveness: Liveness::new(),
+    };
+    let task = tokio::spawn(election.run(shutdown.clone(), move |term: leader::Term| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(term.number);
+            term.stop.cancelled().await;
+            let _ = tx.send(0);
             Ok(())
-        },
-    ));
+        }
+    }));
     Replica {
         shutdown,
         leading: rx,
@@ -1252,11 +1267,11 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
     };
     let a = replica(&api, "a");
     let a_leading = a.leading.clone();
-    wait("a leads", Box::new(move || *a_leading.borrow())).await;
+    wait("a leads", Box::new(move || *a_leading.borrow() != 0)).await;
     let b = replica(&api, "b");
     // b stays a follower while a renews.
     tokio::time::sleep(fast_lease().lease_duration * 2).await;
-    assert!(!*b.leading.borrow(), "two leaders at once");
+    assert!(!b.leads(), "two leaders at once");
     assert_eq!(lease_holder(&api).as_deref(), Some("a"));
     assert_eq!(a.metrics.leader.get(), 1);
     assert_eq!(b.metrics.leader.get(), 0);
@@ -1265,7 +1280,7 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
     let killed = Instant::now();
     a.task.abort();
     let b_leading = b.leading.clone();
-    wait("b leads", Box::new(move || *b_leading.borrow())).await;
+    wait("b leads", Box::new(move || *b_leading.borrow() != 0)).await;
     println!(
         "leader handover after kill: {:?} (lease duration {:?})",
         killed.elapsed(),
@@ -1285,16 +1300,17 @@ async fn one_replica_leads_a_killed_leader_is_replaced_and_shutdown_releases_the
 }
 
 #[tokio::test]
-async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
+async fn a_leader_that_loses_the_lease_stops_its_work_and_campaigns_again() {
     let api = FakeApi::new();
     api.grant_operator_rbac("ops");
     let a = replica(&api, "a");
     let start = Instant::now();
-    while !*a.leading.borrow() {
+    while !a.leads() {
         assert!(start.elapsed() < HANG_GUARD);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Someone else takes the Lease (e.g. after a network partition).
+    assert_eq!(*a.leading.borrow(), 1, "the first term");
+    // Someone else takes the Lease (e.g. after a network partition), and never renews it.
     let leases: Api<Lease> = Api::namespaced(api.client_as("thief"), "ops");
     leases
         .patch(
@@ -1304,19 +1320,31 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_reports_it() {
         )
         .await
         .expect("steal");
-    let res = tokio::time::timeout(HANG_GUARD, a.task)
-        .await
-        .expect("a ends")
-        .expect("join");
-    let err = res.expect_err("losing the Lease is an error");
-    assert!(
-        err.to_string()
-            .contains("lost leadership of Lease ops/sandboxed-containers-operator-leader"),
-        "{err}"
-    );
-    assert!(!*a.leading.borrow(), "work stopped");
+    let start = Instant::now();
+    while a.leads() {
+        assert!(start.elapsed() < HANG_GUARD, "work never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(a.metrics.leader.get(), 0);
-    drop(a.shutdown);
+    assert!(
+        !a.task.is_finished(),
+        "losing the Lease does not end the election"
+    );
+    // Once the thief's Lease expires, a takes it back and leads a second, fresh term.
+    let mut leading = a.leading.clone();
+    tokio::time::timeout(HANG_GUARD, leading.wait_for(|n| *n == 2))
+        .await
+        .expect("a leads again")
+        .expect("replica alive");
+    assert_eq!(lease_holder(&api).as_deref(), Some("a"));
+    assert_eq!(a.metrics.leader.get(), 1);
+    let lease = api
+        .get_ns::<Lease>("ops", leader::LEASE_NAME)
+        .expect("lease");
+    assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
+    a.shutdown.cancel();
+    a.task.await.expect("join").expect("clean shutdown");
+    assert_eq!(lease_holder(&api), None, "Lease released on shutdown");
 }
 
 // ---------------------------------------------------------------- measurements
@@ -1435,5 +1463,42 @@ async fn measure_install_requests_settled_writes_and_completion_latency() {
     assert_eq!(settled_writes, 0, "a settled cluster must cause no writes");
     pool_task.abort();
     kc_task.abort();
+    op.stop().await;
+}
+
+/// A reconciler whose leadership term has ended (its fence is closed) still observes, but sends
+/// no write at all: no finalizer, label, pool, status or Event; each reconcile is cut short and
+/// says why.
+#[tokio::test]
+async fn a_reconciler_whose_term_has_ended_sends_no_write() {
+    let logs = testkit::logs::capture("info");
+    let c = cluster(2).await;
+    c.create_kc("example", json!({})).await;
+    c.api.clear_requests();
+    let op = c.start_operator_with(reconciler::Config {
+        fence: WriteFence::until(Instant::now()),
+        ..test_config()
+    });
+    c.wait("a reconcile cut short by the fence", |_| {
+        logs.text()
+            .contains("reconcile cut short: the leadership term ended")
+            .then_some(())
+    })
+    .await;
+    let text = logs.text();
+    assert!(
+        text.contains("adding finalizer kataconfiguration.openshift.io/finalizer on KataConfig example: not written: this replica's leadership term has ended"),
+        "the first write of the install is the one refused:\n{text}"
+    );
+    assert!(op.readiness.check().is_ok(), "its caches synced");
+    let writes: Vec<String> = c
+        .api
+        .requests_by("operator")
+        .iter()
+        .filter(|r| r.is_write)
+        .map(|r| format!("{} {}", r.verb, r.resource))
+        .collect();
+    assert!(writes.is_empty(), "writes with a closed fence: {writes:?}");
+    assert!(c.kc("example").and_then(|k| k.status).is_none());
     op.stop().await;
 }

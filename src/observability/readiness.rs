@@ -21,6 +21,14 @@ impl Readiness {
         }
     }
 
+    /// Withdraws a component whose work stopped on purpose (a reconciler that stepped down as
+    /// leader): the process no longer waits for it.
+    pub fn withdraw(&self, component: &'static str) {
+        if let Ok(mut map) = self.components.lock() {
+            map.remove(component);
+        }
+    }
+
     pub fn set(&self, component: &'static str, ready: bool) {
         if let Ok(mut map) = self.components.lock() {
             map.insert(component, ready);
@@ -58,5 +66,15 @@ mod tests {
         assert_eq!(r.check(), Ok(()));
         r.set("webhook", false);
         assert_eq!(r.check(), Err(vec!["webhook"]));
+    }
+
+    #[test]
+    fn a_withdrawn_component_is_not_waited_for_until_registered_again() {
+        let r = Readiness::new();
+        r.register("controller");
+        r.withdraw("controller");
+        assert_eq!(r.check(), Ok(()));
+        r.register("controller");
+        assert_eq!(r.check(), Err(vec!["controller"]));
     }
 }

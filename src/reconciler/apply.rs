@@ -19,7 +19,7 @@ use crate::names::{FIELD_MANAGER, FINALIZER, KATA_ROLE_LABEL};
 
 use super::action::{Action, Desired, Kind};
 use super::error::Error;
-use crate::kubeapi;
+use crate::kubeapi::{self, WriteFence};
 
 const NODE_LISTS: [&str; 7] = [
     "installed",
@@ -31,12 +31,15 @@ const NODE_LISTS: [&str; 7] = [
     "failedToUninstall",
 ];
 
-/// Executes actions against the API server, each bounded by `timeout`.
+/// Executes actions against the API server, each bounded by `timeout` and by what is left of
+/// the leadership term (`fence`): no write is sent once the term has ended.
 pub struct Writer {
     pub client: Client,
     pub timeout: Duration,
     /// The operator namespace (the node installer lives there).
     pub namespace: String,
+    /// No write is sent once the leadership term has ended.
+    pub fence: WriteFence,
 }
 
 /// The bounds every kind the writer handles meets.
@@ -50,12 +53,21 @@ impl<K> Writable for K where
 }
 
 impl Writer {
+    /// The bound for the next write, or the error saying why it is not sent.
+    fn bound(&self, action: impl FnOnce() -> String) -> Result<Duration, Error> {
+        self.fence
+            .bound(self.timeout)
+            .map_err(|e| Error::not_leader(action(), e))
+    }
+
+    /// `fut` is lazy: nothing is sent unless the fence allows it and it is polled.
     async fn call<T>(
         &self,
-        action: impl FnOnce() -> String,
+        action: impl Fn() -> String,
         fut: impl std::future::Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
-        kubeapi::bounded(self.timeout, fut)
+        let timeout = self.bound(&action)?;
+        kubeapi::bounded(timeout, fut)
             .await
             .map_err(|e| Error::call(action(), e))
     }
@@ -73,17 +85,21 @@ impl Writer {
     }
 
     async fn ssa<K: Writable>(&self, api: Api<K>, obj: &K) -> Result<(), Error> {
-        kubeapi::apply(&api, obj, self.timeout)
+        let action = || format!("applying {} {}", K::kind(&()), obj.name_any());
+        let timeout = self.bound(action)?;
+        kubeapi::apply(&api, obj, timeout)
             .await
             .map(|_| ())
-            .map_err(|e| Error::call(format!("applying {} {}", K::kind(&()), obj.name_any()), e))
+            .map_err(|e| Error::call(action(), e))
     }
 
     async fn delete<K: Writable>(&self, api: Api<K>, name: &str) -> Result<(), Error> {
-        kubeapi::delete_ignoring_404(&api, name, self.timeout)
+        let action = || format!("deleting {} {name}", K::kind(&()));
+        let timeout = self.bound(action)?;
+        kubeapi::delete_ignoring_404(&api, name, timeout)
             .await
             .map(|_| ())
-            .map_err(|e| Error::call(format!("deleting {} {name}", K::kind(&())), e))
+            .map_err(|e| Error::call(action(), e))
     }
 
     async fn merge<K: Writable>(

@@ -6,6 +6,8 @@
 
 pub use crate::kubeapi::{Category, kube_category};
 
+use crate::kubeapi::FenceClosed;
+
 use std::time::Duration;
 
 /// Why a reconciliation could not finish.
@@ -21,6 +23,14 @@ pub enum Error {
     /// The API server did not answer in time.
     #[error("{action}: no answer from the API server within {}s", timeout.as_secs_f64())]
     Timeout { action: String, timeout: Duration },
+    /// The write was not sent: this replica's leadership term ended (see
+    /// [`crate::kubeapi::WriteFence`]).
+    #[error("{action}: {source}")]
+    NotLeader {
+        action: String,
+        #[source]
+        source: FenceClosed,
+    },
     /// A watch cache has not completed its first list yet, so the cluster state is unknown.
     #[error("the {0} watch cache has not synced yet; retrying")]
     CacheNotReady(&'static str),
@@ -52,6 +62,7 @@ impl Error {
         match self {
             Error::Kube { source, .. } => kube_category(source),
             Error::Timeout { .. } => Category::Timeout,
+            Error::NotLeader { .. } => Category::NotLeader,
             Error::CacheNotReady(_) => Category::Cache,
             Error::Serialize { .. } => Category::Internal,
         }
@@ -70,6 +81,14 @@ impl Error {
                 action: action.into(),
                 timeout,
             },
+        }
+    }
+
+    /// A write of `action` the fence refused.
+    pub fn not_leader(action: impl Into<String>, source: FenceClosed) -> Self {
+        Error::NotLeader {
+            action: action.into(),
+            source,
         }
     }
 
@@ -181,6 +200,17 @@ mod tests {
         assert!(!e.is_api());
         assert!(!Error::CacheNotReady("pods").is_api());
         assert!(api(500).is_api());
+    }
+
+    #[test]
+    fn a_fenced_write_names_the_action_and_is_no_api_error() {
+        let e = Error::not_leader("applying RuntimeClass kata", FenceClosed);
+        assert_eq!(
+            e.to_string(),
+            format!("applying RuntimeClass kata: {FenceClosed}")
+        );
+        assert_eq!(e.category().as_str(), "not_leader");
+        assert!(!e.is_api(), "not counted as an API error");
     }
 
     #[test]

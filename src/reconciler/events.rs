@@ -3,11 +3,14 @@
 //! Which events to publish is decided purely from the old and new conditions, so it is tested
 //! without an API server; `publish` is the thin I/O part.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 
 use crate::api::KataConfig;
+use crate::kubeapi::WriteFence;
 
 use super::status::{self, reason};
 
@@ -106,9 +109,18 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<EventSpec> {
     out
 }
 
-/// Publishes the events on the KataConfig. Failures are logged, never fatal: an Event is a
-/// notification, and the status already carries the same information.
-pub async fn publish(recorder: &Recorder, kc: &KataConfig, events: &[EventSpec]) {
+/// Publishes the events on the KataConfig, each bounded by `timeout` and by the leadership
+/// term (`fence`: nothing is published once it has ended). Failures are logged, never fatal: an
+/// Event is a notification, and the status already carries the same information. `progress`
+/// runs after each event (the reconciler's heartbeat).
+pub async fn publish(
+    recorder: &Recorder,
+    kc: &KataConfig,
+    events: &[EventSpec],
+    fence: &WriteFence,
+    timeout: Duration,
+    progress: impl Fn(),
+) {
     if events.is_empty() {
         return;
     }
@@ -126,9 +138,25 @@ pub async fn publish(recorder: &Recorder, kc: &KataConfig, events: &[EventSpec])
             action: "Reconcile".to_string(),
             secondary: None,
         };
-        if let Err(err) = recorder.publish(&ev, &reference).await {
-            tracing::warn!(reason = e.reason, error = %err, "could not publish event");
+        let bound = match fence.bound(timeout) {
+            Ok(bound) => bound,
+            Err(closed) => {
+                tracing::debug!(reason = e.reason, error = %closed, "event not published");
+                return;
+            }
+        };
+        match tokio::time::timeout(bound, recorder.publish(&ev, &reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(reason = e.reason, error = %err, "could not publish event")
+            }
+            Err(_) => tracing::warn!(
+                reason = e.reason,
+                "could not publish event: no answer from the API server within {}s",
+                bound.as_secs_f64()
+            ),
         }
+        progress();
     }
 }
 

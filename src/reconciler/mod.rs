@@ -43,15 +43,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Backend, KataConfig};
 use crate::cache::{Change, ClusterCache};
+use crate::kubeapi::WriteFence;
 use crate::names::FIELD_MANAGER;
-use crate::observability::{Metrics, Readiness};
+use crate::observability::{Heartbeat, Liveness, Metrics, Readiness};
 
 pub use action::{Action, Decision, Outcome};
 pub use decide::decide;
 pub use error::Error;
 pub use observe::Observed;
 
-/// Readiness component registered by [`run`].
+/// Readiness component registered by [`run`], and the name of its liveness heartbeat.
 pub const READINESS_COMPONENT: &str = "controller";
 
 /// Tunables of the reconciler. `Default` is what `run` uses in production.
@@ -68,6 +69,11 @@ pub struct Config {
     pub namespace: String,
     /// OLM's OperatorCondition for this operator: `Upgradeable` is kept there. `None` outside OLM.
     pub operator_condition: Option<upgradeable::OperatorConditionRef>,
+    /// Writes are sent only while this is open: the leadership term's fence under leader
+    /// election, always open without it.
+    pub fence: WriteFence,
+    /// Where the reconciler's heartbeat is registered (`/healthz`).
+    pub liveness: Liveness,
 }
 
 impl Default for Config {
@@ -80,7 +86,17 @@ impl Default for Config {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             operator_condition: None,
+            fence: WriteFence::always_open(),
+            liveness: Liveness::new(),
         }
+    }
+}
+
+impl Config {
+    /// A reconcile is wedged when none of its steps completed for this long: every step (a cache
+    /// wait, a write, an Event) is bounded by `request_timeout`, so twice that is never normal.
+    pub fn wedged_after(&self) -> Duration {
+        self.request_timeout * 2
     }
 }
 
@@ -97,13 +113,42 @@ pub struct Context {
     /// The `Upgradeable` last written by this reconciler (a new leader writes once, then only
     /// changes).
     upgradeable: Mutex<Option<crate::api::operator_condition::Upgradeable>>,
+    /// Armed while a reconcile runs, beaten after each of its steps.
+    heartbeat: Heartbeat,
+}
+
+impl Context {
+    /// One step of a reconcile completed.
+    fn progress(&self) {
+        self.heartbeat.beat();
+    }
+}
+
+/// What a stopped reconciler leaves behind: nothing that speaks for the cluster. Dropped when
+/// [`run`] returns or its task is aborted, so a replica that stepped down reports what a follower
+/// does: not waited for by `/readyz`, no installation result, no node counts (the leader's
+/// gauges alone count; sums over replicas stay right).
+struct StepDown {
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for StepDown {
+    fn drop(&mut self) {
+        self.readiness.withdraw(READINESS_COMPONENT);
+        self.metrics.installation_success.set(0.0);
+        self.metrics.set_nodes(&Default::default());
+    }
 }
 
 /// Runs the reconciler until `shutdown` is cancelled, then lets in-flight reconciles finish.
 /// `cluster` is the process's shared cache (its watches outlive this reconciler); the watches of
 /// what only the reconciler reads start here and stop with it.
 ///
-/// Registers the readiness component `controller`, ready once every watch cache has synced.
+/// Registers the readiness component `controller`, ready once every watch cache has synced, and
+/// withdraws it when it stops; its heartbeat `controller` is armed while a reconcile runs.
+/// Writes go through `config.fence`. Nothing of one run survives into the next: every watch,
+/// queue, backoff counter and reported gauge is this run's own.
 pub async fn run(
     client: Client,
     cluster: ClusterCache,
@@ -113,6 +158,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     readiness.register(READINESS_COMPONENT);
+    let _step_down = StepDown {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    };
+    let heartbeat = config
+        .liveness
+        .heartbeat(READINESS_COMPONENT, config.wedged_after());
+    heartbeat.rest();
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let owned = observe::OwnedCaches::start(
         client.clone(),
@@ -141,6 +194,7 @@ pub async fn run(
             client: client.clone(),
             timeout: config.request_timeout,
             namespace: config.namespace.clone(),
+            fence: config.fence.clone(),
         },
         recorder: Recorder::new(
             client,
@@ -153,53 +207,72 @@ pub async fn run(
         config,
         failures: Mutex::new(HashMap::new()),
         upgradeable: Mutex::new(None),
+        heartbeat,
     });
 
-    let ready_ctx = ctx.clone();
-    let ready_task = tokio::spawn(async move {
-        let synced = async {
-            let cluster = &ready_ctx.cluster;
-            cluster
-                .wait_synced()
-                .await
-                .map_err(|e| Error::CacheNotReady(e.0))?;
-            let served = cluster
-                .served_apis_ready()
-                .await
-                .ok_or(Error::CacheNotReady("discovery"))?;
-            if served.machine_config {
-                ready_ctx.owned.watch_machine_configs().await;
-            }
-            ready_ctx.owned.wait_until_ready().await
-        };
-        match synced.await {
-            Ok(()) => {
-                tracing::info!("controller watch caches synced");
-                readiness.set(READINESS_COMPONENT, true);
-                // The shared caches may have synced before this reconciler subscribed.
-                let _ = trigger_tx.unbounded_send(());
-            }
-            Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
-        }
-    });
-
+    let ready_task = tokio::spawn(report_ready_when_synced(ctx.clone(), readiness, trigger_tx));
     controller
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::warn!(kataconfig = %obj.name, category = e.category().as_str(), error = %e, "reconcile failed; retrying with backoff")
-                }
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-            }
-        })
+        .for_each(|res| async move { log_outcome(res) })
         .await;
     ready_task.abort();
     forward.abort();
     ctx.owned.stop_pod_watch().await;
     tracing::info!("reconciler stopped");
     Ok(())
+}
+
+/// Marks the component `controller` ready once every watch cache has synced, and triggers one
+/// reconcile then (the shared caches may have synced before this reconciler subscribed).
+async fn report_ready_when_synced(
+    ctx: Arc<Context>,
+    readiness: Readiness,
+    trigger: futures::channel::mpsc::UnboundedSender<()>,
+) {
+    let synced = async {
+        let cluster = &ctx.cluster;
+        cluster
+            .wait_synced()
+            .await
+            .map_err(|e| Error::CacheNotReady(e.0))?;
+        let served = cluster
+            .served_apis_ready()
+            .await
+            .ok_or(Error::CacheNotReady("discovery"))?;
+        if served.machine_config {
+            ctx.owned.watch_machine_configs().await;
+        }
+        ctx.owned.wait_until_ready().await
+    };
+    match synced.await {
+        Ok(()) => {
+            tracing::info!("controller watch caches synced");
+            readiness.set(READINESS_COMPONENT, true);
+            let _ = trigger.unbounded_send(());
+        }
+        Err(e) => tracing::warn!(error = %e, "controller caches did not sync"),
+    }
+}
+
+type ReconcileResult = Result<
+    (kube::runtime::reflector::ObjectRef<KataConfig>, Requeue),
+    controller::Error<Error, kube::runtime::watcher::Error>,
+>;
+
+/// One log line per reconcile outcome.
+fn log_outcome(res: ReconcileResult) {
+    match res {
+        Ok((obj, _)) => tracing::debug!(kataconfig = %obj.name, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(e, obj))
+            if e.category() == error::Category::NotLeader =>
+        {
+            tracing::info!(kataconfig = %obj.name, error = %e, "reconcile cut short: the leadership term ended")
+        }
+        Err(controller::Error::ReconcilerFailed(e, obj)) => {
+            tracing::warn!(kataconfig = %obj.name, category = e.category().as_str(), error = %e, "reconcile failed; retrying with backoff")
+        }
+        Err(e) => tracing::debug!(error = %e, "controller event"),
+    }
 }
 
 /// Turns changes of the shared caches the decision reads into reconcile triggers.
@@ -231,7 +304,9 @@ async fn forward_shared_changes(
 
 async fn reconcile(kc: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
+    ctx.progress();
     let result = reconcile_inner(&kc, &ctx).await;
+    ctx.heartbeat.rest();
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -295,6 +370,7 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
         ctx.owned.watch_machine_configs().await;
     }
     bounded(ctx, "cluster", ctx.owned.wait_until_ready()).await?;
+    ctx.progress();
     let all = ctx.cluster.kata_configs();
     let now = Time(jiff::Timestamp::now());
     let mut obs = ctx.owned.snapshot(&ctx.cluster, served, kc, now).await;
@@ -303,16 +379,27 @@ async fn reconcile_inner(kc: &KataConfig, ctx: &Context) -> Result<Outcome, Erro
         && obs.active.as_deref() == Some(kc.name_any().as_str());
     if uninstalling {
         obs.pods = Some(bounded(ctx, "pods", ctx.owned.kata_pods()).await?);
+        ctx.progress();
     }
     let d = decide(&obs);
     tracing::debug!(kataconfig = %kc.name_any(), outcome = ?d.outcome, actions = d.actions.len(), "decided");
     for action in &d.actions {
         ctx.writer.execute(kc, action).await?;
+        ctx.progress();
     }
     if let Some(status) = &d.status {
         ctx.writer.status(kc, status).await?;
+        ctx.progress();
     }
-    events::publish(&ctx.recorder, kc, &d.events).await;
+    events::publish(
+        &ctx.recorder,
+        kc,
+        &d.events,
+        &ctx.config.fence,
+        ctx.config.request_timeout,
+        || ctx.progress(),
+    )
+    .await;
     if let Some(reported) = &d.reported
         && obs.active.as_deref() == Some(kc.name_any().as_str())
     {

@@ -15,7 +15,6 @@ pub mod registration;
 pub mod review;
 pub mod snapshot;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +57,6 @@ pub enum CertMode {
 
 pub struct Config {
     pub namespace: String,
-    pub bind: SocketAddr,
     pub cert_mode: CertMode,
     pub target: Target,
     pub owner: Owner,
@@ -84,7 +82,6 @@ impl Config {
         };
         Ok(Config {
             namespace: args.namespace.clone(),
-            bind: args.webhook_bind,
             cert_mode: match &args.cert_dir {
                 Some(d) => CertMode::Dir(d.clone()),
                 None => CertMode::Secret {
@@ -224,13 +221,14 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-/// Runs the webhook server, certificate management and registration until `shutdown`, reading
-/// the process's shared caches. Ready (component `webhook`) once they are synced, a certificate
-/// is loaded and the listener is bound.
+/// Runs the webhook server on `listener`, certificate management and registration until
+/// `shutdown`, reading the process's shared caches. Ready (component `webhook`) once they are
+/// synced and a certificate is loaded. Needs no leadership: every replica serves.
 pub async fn run(
     client: kube::Client,
     cache: ClusterCache,
     config: Config,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: CancellationToken,
@@ -238,10 +236,9 @@ pub async fn run(
     readiness.register(READINESS);
     let certs = config.certs.clone();
     start_certificates(&client, &config, &shutdown).await?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} for the webhooks", config.bind))?;
-    info!(addr = %config.bind, "webhook server listening");
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "webhook server listening");
+    }
     let state = WebhookState::new(cache.clone(), &config.namespace, &metrics);
     let registration = registration::RegistrationConfig {
         target: config.target.clone(),

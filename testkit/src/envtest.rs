@@ -8,6 +8,8 @@
 //! one admin token (group `system:masters`) from a static token file and authorizes with RBAC.
 //! The MachineConfig, MachineConfigPool and ContainerRuntimeConfig CRDs (the real OpenShift
 //! ones from ../shared/crds) and our KataConfig CRD are installed and established.
+//! [`EnvTest::restart_apiserver`] kills kube-apiserver and starts it again on the same port (etcd
+//! keeps the data), for tests of riding out a control-plane restart.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -44,6 +46,9 @@ pub struct EnvTest {
     pub dir: PathBuf,
     etcd: Child,
     apiserver: Child,
+    /// How the API server was started, so [`EnvTest::restart_apiserver`] can start it again.
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<String>,
     /// kube-controller-manager, when the assets folder has it (garbage collection, namespace
     /// deletion, ServiceAccount token Secrets).
     controller_manager: Option<Child>,
@@ -155,7 +160,12 @@ fn certificates(dir: &Path) -> anyhow::Result<String> {
 }
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    // Appends, so a restarted process's output follows its predecessor's.
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
     let err = out.try_clone()?;
     Command::new(bin)
         .args(args)
@@ -235,7 +245,8 @@ pub async fn start_with_assets_on(assets: &Path, platform: Platform) -> anyhow::
     let (etcd_log, api_log) = (dir.join("etcd.log"), dir.join("kube-apiserver.log"));
     let client = client_for(&url, &ca_pem, ADMIN_TOKEN).await?;
     let mut etcd = spawn(&assets.join("etcd"), &etcd_args, &etcd_log)?;
-    let apiserver = match spawn(&assets.join("kube-apiserver"), &apiserver_args, &api_log) {
+    let apiserver_bin = assets.join("kube-apiserver");
+    let apiserver = match spawn(&apiserver_bin, &apiserver_args, &api_log) {
         Ok(c) => c,
         Err(e) => {
             let _ = etcd.kill();
@@ -252,6 +263,8 @@ pub async fn start_with_assets_on(assets: &Path, platform: Platform) -> anyhow::
         dir,
         etcd,
         apiserver,
+        apiserver_bin,
+        apiserver_args,
         controller_manager: None,
         _tmp: tmp,
     };
@@ -346,6 +359,24 @@ impl EnvTest {
         )
         .await
         .with_context(|| format!("apply {} {name}", gvk.kind))
+    }
+
+    /// Kills kube-apiserver (SIGKILL: a crash, every connection reset), keeps it down for
+    /// `down_for`, starts it again on the same port with the same flags and waits until it is
+    /// ready. etcd keeps the data, so clients find every object again; their watches must
+    /// reconnect.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        let _ = self.apiserver.kill();
+        self.apiserver
+            .wait()
+            .context("wait for the killed kube-apiserver")?;
+        tokio::time::sleep(down_for).await;
+        let api_log = self.dir.join("kube-apiserver.log");
+        self.apiserver = spawn(&self.apiserver_bin, &self.apiserver_args, &api_log)?;
+        let etcd_log = self.dir.join("etcd.log");
+        self.wait_ready(&etcd_log, &api_log)
+            .await
+            .context("kube-apiserver after its restart")
     }
 
     /// Whether kube-controller-manager runs beside the API server.

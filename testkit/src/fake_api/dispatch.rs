@@ -72,6 +72,7 @@ impl RequestInfo {
                 allowed,
             }],
             forbidden: !allowed,
+            refused: false,
             seq: 0,
         }
     }
@@ -267,6 +268,31 @@ impl FakeApi {
             Ok((code, v)) => full(code, &v),
             Err(e) => err_response(&e),
         }
+    }
+
+    /// Logs a request the unreachable server never saw ([`FakeApi::set_unreachable`]) and returns
+    /// the connection error its client gets. Discovery and unparsable paths are not logged.
+    pub(super) fn refuse(
+        &self,
+        parts: &http::request::Parts,
+        client: &str,
+        user: &UserInfo,
+    ) -> std::io::Error {
+        if let Ok(info) = self.request_info(parts) {
+            let attrs = filter_attributes(&info.target, info.verb, &info.query);
+            let mut record = info.record(client, user, &attrs, true);
+            record.authorizations.clear();
+            record.refused = true;
+            self.state().log(record);
+        }
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!(
+                "connection refused: the in-memory API server is unreachable ({} {})",
+                parts.method,
+                parts.uri.path()
+            ),
+        )
     }
 
     /// The request as the API server's RequestInfo reads it.

@@ -23,7 +23,8 @@
 //!
 //! Layout: `store` holds the objects (metadata, history, finalizers, garbage collection, CRD
 //! registration) behind one lock; `dispatch` reads a request, authorizes it, logs it
-//! ([`RequestRecord`], with injected [`Fault`]s) and hands it to `reads`, `writes` (with the
+//! ([`RequestRecord`], with injected [`Fault`]s; [`FakeApi::set_unreachable`] takes the whole
+//! server down) and hands it to `reads`, `writes` (with the
 //! admission checks of `admission`), `watch` or `review`; `selectors` parses and matches label
 //! and field selectors; `errors` builds the Status bodies.
 
@@ -40,7 +41,6 @@ mod store;
 mod watch;
 mod writes;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -83,6 +83,8 @@ struct Inner {
     tokens: Mutex<Option<Arc<TokenFn>>>,
     access: Mutex<Option<Arc<AccessFn>>>,
     operator: Mutex<UserInfo>,
+    /// Set by [`FakeApi::set_unreachable`]: every request fails at the connection level.
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 /// Handle on the fake server; cheap to clone, every clone sees the same store.
@@ -115,6 +117,7 @@ impl FakeApi {
                     DEFAULT_OPERATOR_NAMESPACE,
                     OPERATOR_NAME,
                 )),
+                unreachable: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         fake.seed_bootstrap_rbac();
@@ -211,7 +214,13 @@ impl FakeApi {
                 Identity::Operator => api.operator_user(),
                 Identity::User(u) => u.clone(),
             };
-            async move { Ok::<_, Infallible>(api.serve_as(req, &name, &user).await) }
+            async move {
+                if api.is_unreachable() {
+                    let (parts, _) = req.into_parts();
+                    return Err(BoxError::from(api.refuse(&parts, &name, &user)));
+                }
+                Ok::<_, BoxError>(api.serve_as(req, &name, &user).await)
+            }
         });
         kube::Client::new(svc, "default")
     }

@@ -33,6 +33,9 @@ pub struct RequestRecord {
     pub authorizations: Vec<Authorization>,
     /// Answered 403 Forbidden.
     pub forbidden: bool,
+    /// Never reached the server: it was unreachable ([`FakeApi::set_unreachable`]); the client
+    /// got a connection error. Still counted by the write counters (a write was attempted).
+    pub refused: bool,
     pub(super) seq: u64,
 }
 
@@ -184,8 +187,35 @@ impl FakeApi {
         self.state().faults.push(fault);
     }
 
+    /// Drops every injected fault not used up yet.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// End every open watch stream (clients must re-watch or re-list).
     pub fn close_watches(&self) {
         let _ = self.inner.tx.send(Msg::Close);
+    }
+
+    /// Takes the whole server down (`true`) or brings it back (`false`), like a kube-apiserver
+    /// that was stopped: from now on every request of every client fails at the connection level
+    /// (kube's client gets a transport error, "connection refused", never an API answer), and
+    /// every open watch is cut off with a connection reset. The store keeps its state. Refused
+    /// requests are logged with [`RequestRecord::refused`], so a test sees what each client
+    /// tried while the server was down.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.inner
+            .unreachable
+            .store(unreachable, std::sync::atomic::Ordering::SeqCst);
+        if unreachable {
+            let _ = self.inner.tx.send(Msg::Sever);
+        }
+    }
+
+    /// Whether [`FakeApi::set_unreachable`] took the server down.
+    pub fn is_unreachable(&self) -> bool {
+        self.inner
+            .unreachable
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -105,7 +105,10 @@ pub(super) struct Change {
 #[derive(Clone, Debug)]
 pub(super) enum Msg {
     Change(Arc<Change>),
+    /// End every watch cleanly (as a watch timeout does).
     Close,
+    /// Cut every watch off with a connection error (the server went away).
+    Sever,
 }
 
 /// Everything behind the fake's one lock: objects, history, request log and faults.

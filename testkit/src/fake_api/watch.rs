@@ -122,15 +122,27 @@ fn initial_events(st: &State, t: &Target, wq: &WatchQuery, scope: &Scope) -> Vec
     initial
 }
 
-/// The live events of the watch, until the store tells watches to close (or they lag behind).
-fn live_events(rx: broadcast::Receiver<Msg>, scope: Scope) -> impl Stream<Item = Value> {
-    futures::stream::unfold((rx, scope), |(mut rx, scope)| async move {
+/// The live events of the watch, until the store tells watches to close (or they lag behind);
+/// severed watches end with a connection error instead.
+fn live_events(
+    rx: broadcast::Receiver<Msg>,
+    scope: Scope,
+) -> impl Stream<Item = Result<Value, BoxError>> {
+    futures::stream::unfold(Some((rx, scope)), |state| async move {
+        let (mut rx, scope) = state?;
         loop {
             match rx.recv().await {
                 Ok(Msg::Change(c)) => {
                     if let Some(ev) = scope.event(&c) {
-                        return Some((ev, (rx, scope)));
+                        return Some((Ok(ev), Some((rx, scope))));
                     }
+                }
+                Ok(Msg::Sever) => {
+                    let reset = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset by peer (the in-memory API server is unreachable)",
+                    );
+                    return Some((Err(BoxError::from(reset)), None));
                 }
                 // Closed, lagged or told to close: end the stream; the client re-watches.
                 Ok(Msg::Close) | Err(_) => return None,
@@ -158,13 +170,15 @@ impl FakeApi {
             let rx = self.inner.tx.subscribe();
             (initial_events(&st, t, &wq, &scope), rx)
         };
-        let events = futures::stream::iter(initial)
+        let events = futures::stream::iter(initial.into_iter().map(Ok))
             .chain(live_events(rx, scope))
             .take_until(tokio::time::sleep(Duration::from_secs(wq.timeout)))
             .map(|ev| {
-                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                line.push(b'\n');
-                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(line)))
+                ev.map(|ev| {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    http_body::Frame::data(Bytes::from(line))
+                })
             });
         let mut resp = Response::new(StreamBody::new(events).boxed_unsync());
         resp.headers_mut().insert(

@@ -181,3 +181,49 @@ async fn controller_manager_collects_garbage_on_a_real_api_server() {
     }
     assert!(collected, "the garbage collector removed the dependent");
 }
+
+/// `restart_apiserver` takes the real server away (connections refused) and brings it back with
+/// its data, and the same client works again afterwards.
+#[tokio::test]
+async fn apiserver_restart_refuses_while_down_and_keeps_the_data_on_a_real_api_server() {
+    let Some(mut env) = envtest::start().await else {
+        return;
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let mut before = cm("before-restart", json!({}));
+    before.metadata.namespace = Some("default".into());
+    cms.create(&PostParams::default(), &before)
+        .await
+        .expect("create");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let probe = tokio::spawn({
+        let (cms, stop) = (cms.clone(), stop.clone());
+        async move {
+            let mut refused = 0;
+            while !stop.is_cancelled() {
+                if let Err(e) = cms.get("before-restart").await {
+                    assert!(
+                        !matches!(e, kube::Error::Api(_)),
+                        "a connection error while down, not an API answer: {e:?}"
+                    );
+                    refused += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            refused
+        }
+    });
+    env.restart_apiserver(Duration::from_secs(2))
+        .await
+        .expect("restarted");
+    stop.cancel();
+    let refused = probe.await.expect("join");
+    assert!(refused > 0, "requests failed while the server was down");
+    assert_eq!(
+        cms.get("before-restart")
+            .await
+            .expect("the same client works after the restart")
+            .name_any(),
+        "before-restart"
+    );
+}

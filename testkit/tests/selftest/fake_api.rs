@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use sandboxed_containers_operator::api::KataConfig;
 use serde_json::{Value, json};
 use testkit::{FakeApi, Fault, FaultKind, eventually};
@@ -661,6 +661,12 @@ async fn injected_faults_fail_the_next_matching_requests_only() {
         api_code(api.get("a").await.expect_err("timeout")),
         (504, "Timeout".into())
     );
+
+    // Faults not used up yet can be dropped at once.
+    fake.inject(Fault::on("get", "configmaps", FaultKind::Status(503), 1000));
+    api.get("a").await.expect_err("503");
+    fake.clear_faults();
+    api.get("a").await.expect("cleared");
 }
 
 /// Lets a test see raw responses (headers) through the fake's public client only.
@@ -1273,4 +1279,99 @@ async fn the_cluster_cache_follows_discovery() {
     assert!(change.is_ok(), "the change was announced");
     assert!(!cache.served_apis().expect("known").machine_config);
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_refuses_connections_cuts_watches_and_comes_back_intact() {
+    use kube::api::WatchParams;
+    let fake = FakeApi::unrestricted();
+    let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let admin: Api<ConfigMap> = Api::namespaced(fake.client_as("admin"), "ns1");
+    api.create(&PostParams::default(), &cm("before", json!({})))
+        .await
+        .expect("create");
+    let mut raw = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("raw watch")
+        .boxed();
+    let first = raw.try_next().await.expect("event").expect("not ended");
+    assert!(matches!(first, kube::api::WatchEvent::Added(o) if o.name_any() == "before"));
+    fake.clear_requests();
+
+    fake.set_unreachable(true);
+    assert!(fake.is_unreachable());
+    // An open watch is cut off with a connection error, not ended cleanly.
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match raw.try_next().await {
+                Ok(Some(kube::api::WatchEvent::Bookmark(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch notices at once");
+    assert!(cut.is_err(), "a severed watch errors: {cut:?}");
+    // Every client, the operator's and an admin's, gets a connection-level error: no API answer.
+    for e in [
+        api.get("before").await.expect_err("down"),
+        admin
+            .create(&PostParams::default(), &cm("during", json!({})))
+            .await
+            .expect_err("down"),
+    ] {
+        assert!(
+            !matches!(e, kube::Error::Api(_)),
+            "a transport error, not an API answer: {e:?}"
+        );
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("connection refused: the in-memory API server is unreachable"),
+            "{text}"
+        );
+    }
+    // The refused requests are logged as refused, the write counted as attempted.
+    let log = fake.requests();
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert!(log.iter().all(|r| r.refused && !r.forbidden));
+    assert_eq!(
+        (log[0].verb.as_str(), log[0].client.as_str()),
+        ("get", "operator")
+    );
+    assert_eq!(
+        (log[1].verb.as_str(), log[1].client.as_str()),
+        ("create", "admin")
+    );
+    assert_eq!(fake.write_count_by("admin"), 1);
+    // Nothing changed behind the outage; the test hooks still read the store.
+    assert!(fake.get_ns::<ConfigMap>("ns1", "before").is_some());
+    assert!(fake.get_ns::<ConfigMap>("ns1", "during").is_none());
+
+    // Back up: requests succeed again and a watcher started during the outage catches up.
+    let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
+    let seen = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev
+                && o.name_any() == "after"
+            {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fake.set_unreachable(false);
+    assert!(!fake.is_unreachable());
+    assert_eq!(
+        api.get("before").await.expect("reachable").name_any(),
+        "before"
+    );
+    api.create(&PostParams::default(), &cm("after", json!({})))
+        .await
+        .expect("create after the outage");
+    tokio::time::timeout(Duration::from_secs(60), seen)
+        .await
+        .expect("the watcher reconnected and saw the new object")
+        .expect("join");
 }
