@@ -5,9 +5,8 @@
 //! scheduler (binding), the kubelet and kata-deploy. Without the binaries it prints why and
 //! passes as skipped (hack/test.sh counts it skipped).
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
@@ -31,22 +30,11 @@ use tokio_util::sync::CancellationToken;
 const HANG_GUARD: Duration = Duration::from_secs(120);
 const NAMESPACE: &str = DEFAULT_OPERATOR_NAMESPACE;
 
-async fn wait<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::wait_until(what, HANG_GUARD, f).await
 }
 
 /// Nodes that stay Ready: without a kubelet the node lifecycle controller would taint them

@@ -10,7 +10,7 @@
 //! - OperatorCondition: OLM's own Role on the one OperatorCondition (get/update/patch with
 //!   resourceNames) is all the operator needs to set `Upgradeable`, and nothing more is granted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind};
@@ -23,22 +23,11 @@ use testkit::envtest::{self, EnvTest};
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait_for<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::wait_until(what, HANG_GUARD, f).await
 }
 
 /// Applies CRDs and waits until discovery serves their kinds.

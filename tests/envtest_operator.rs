@@ -27,22 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait_for<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::wait_until(what, HANG_GUARD, f).await
 }
 
 fn run_args(webhook: SocketAddr, metrics: SocketAddr, health: SocketAddr) -> RunArgs {

@@ -10,9 +10,8 @@
 //! in-memory API (`scenarios_on_the_in_memory_api`), which keeps the scenario itself honest.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -37,22 +36,11 @@ use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-async fn wait<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::wait_until(what, HANG_GUARD, f).await
 }
 
 async fn get<K>(client: &Client, name: &str) -> Option<K>

@@ -110,17 +110,10 @@ pub fn deployment_spec() -> DeploymentSpec {
             format!("--webhook-service={WEBHOOK_SERVICE}"),
         ]),
         env: Some(vec![
-            EnvVar {
-                name: "POD_NAMESPACE".to_string(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        api_version: Some("v1".to_string()),
-                        field_path: "metadata.namespace".to_string(),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            pod_field("POD_NAMESPACE", "metadata.namespace"),
+            // The Lease holder identity: every container's process id is 1, so without the pod
+            // name two replicas would both believe they hold the Lease.
+            pod_field("POD_NAME", "metadata.name"),
             // The Deployment's own name, so the operator can make it the owner of the monitoring
             // objects it keeps (the downward API cannot name a pod's Deployment).
             EnvVar {
@@ -361,6 +354,21 @@ pub fn plain_objects() -> anyhow::Result<Vec<Value>> {
     Ok(objects)
 }
 
+/// An environment variable from the downward API (a field of the operator's own pod).
+fn pod_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_string()),
+                field_path: field_path.to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +413,15 @@ mod tests {
             .and_then(|v| v.field_ref.as_ref())
             .map(|f| f.field_path.as_str());
         assert_eq!(field, Some("metadata.namespace"));
+        let name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
+        assert_eq!(
+            name.value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("metadata.name"),
+            "replicas need distinct Lease identities"
+        );
         assert_eq!(c.args.as_deref().map(|a| a[0].as_str()), Some("run"));
         let ports: Vec<_> = c
             .ports

@@ -19,6 +19,22 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
+/// Poll the async `f` every 100 ms until it returns `Some`, and return that. `guard` only guards
+/// against hangs (a test fails naming `what`); it is not a timing expectation.
+pub async fn wait_until<T, Fut>(what: &str, guard: Duration, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < guard, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A Node object with `node-role.kubernetes.io/<role>: ""` labels (plus `extra` labels).
 pub fn node_json(name: &str, roles: &[&str], extra: Value) -> Value {
     let mut labels = json!({"kubernetes.io/hostname": name});

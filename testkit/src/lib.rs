@@ -47,7 +47,8 @@ pub use fake_api::{
     ResourceInfo, ReviewUser, UserInfo,
 };
 pub use helpers::{
-    eventually, free_port, https_client, machine_config_json, node_json, seed_cluster, webhook_ca,
+    eventually, free_port, https_client, machine_config_json, node_json, seed_cluster, wait_until,
+    webhook_ca,
 };
 pub use installer_sim::{InstallerSimHandle, InstallerSimOptions, InstallerSimulator};
 pub use mco_sim::{McoSimulator, SimHandle, SimOptions};
