@@ -104,6 +104,7 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let owned = observe::OwnedCaches::start(
         client.clone(),
+        cluster.initial_list().await,
         trigger_tx.clone(),
         metrics.clone(),
         shutdown.clone(),

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool, active_kata_config,
 };
-use crate::cache::{ClusterCache, rv_fingerprint, spawn_reflector, store_ready};
+use crate::cache::{ClusterCache, InitialList, rv_fingerprint, spawn_reflector, store_ready};
 use crate::names::{
     CONTAINER_RUNTIME_CONFIG, CRIO_DROPIN_MC, EXTENSION_MC, KATA_POOL, MASTER_POOL, RUNTIME_CLASS,
     WORKER_POOL,
@@ -85,6 +85,8 @@ pub struct OwnedCaches {
     trigger: UnboundedSender<()>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Streaming or paged lists, as the shared caches found the server.
+    initial_list: InitialList,
 }
 
 struct PodWatch {
@@ -144,14 +146,17 @@ fn trigger(tx: &UnboundedSender<()>) -> impl Fn() -> bool + Send + 'static {
 }
 
 impl OwnedCaches {
-    /// Starts the watches. Each change of something the decision reads sends on `trigger`.
+    /// Starts the watches, their first state by `initial_list` (see
+    /// [`ClusterCache::initial_list`]). Each change of something the decision reads sends on
+    /// `trigger`.
     pub fn start(
         client: Client,
+        initial_list: InitialList,
         trigger_tx: UnboundedSender<()>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        let cfg = watcher::Config::default;
+        let cfg = || initial_list.watcher_config();
         let (pools, pools_w) = reflector::store();
         let (machine_configs, mcs_w) = reflector::store();
         let (crcs, crcs_w) = reflector::store();
@@ -200,6 +205,7 @@ impl OwnedCaches {
             trigger: trigger_tx,
             metrics,
             shutdown,
+            initial_list,
         }
     }
 
@@ -223,7 +229,7 @@ impl OwnedCaches {
             let (store, writer) = reflector::store();
             let pods = watcher::watcher(
                 Api::<Pod>::all(self.client.clone()),
-                watcher::Config::default(),
+                self.initial_list.watcher_config(),
             )
             .modify(|p: &mut Pod| {
                 // Keep only what the decision reads; pods are many.

@@ -140,7 +140,12 @@ fn live_events(rx: broadcast::Receiver<Msg>, scope: Scope) -> impl Stream<Item =
 }
 
 impl FakeApi {
-    pub(super) fn watch(&self, t: &Target, q: &BTreeMap<String, String>) -> Response<FakeBody> {
+    pub(super) fn watch(
+        &self,
+        t: &Target,
+        q: &BTreeMap<String, String>,
+        metadata_only: bool,
+    ) -> Response<FakeBody> {
         let filter = match Filter::from_query(q) {
             Ok(f) => f,
             Err(e) => return err_response(&e),
@@ -161,7 +166,12 @@ impl FakeApi {
         let events = futures::stream::iter(initial)
             .chain(live_events(rx, scope))
             .take_until(tokio::time::sleep(Duration::from_secs(wq.timeout)))
-            .map(|ev| {
+            .map(move |mut ev| {
+                if metadata_only
+                    && matches!(ev["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED"))
+                {
+                    ev["object"] = super::dispatch::metadata_only(ev["object"].take());
+                }
                 let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                 line.push(b'\n');
                 Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(line)))
