@@ -147,7 +147,8 @@ enum Server {
         dir: tempfile::TempDir,
     },
     Real {
-        env: testkit::envtest::EnvTest,
+        // Boxed: the harness is large and the fake's variant is not.
+        env: Box<testkit::envtest::EnvTest>,
     },
 }
 
@@ -243,7 +244,7 @@ async fn start_real() -> Cluster {
         ca_pem: env.ca_pem.clone(),
         admin: env.client.clone(),
         operator_kubeconfig: kubeconfig,
-        server: Server::Real { env },
+        server: Server::Real { env: Box::new(env) },
     }
 }
 

@@ -756,7 +756,7 @@ mod tests {
 
     fn namespace(name: &str, labels: &[(&str, &str)], rv: &str) -> PartialObjectMeta<Namespace> {
         let mut ns = PartialObjectMeta::<Namespace>::default();
-        ns.metadata = node(name, labels, rv).metadata;
+        *kube::Resource::meta_mut(&mut ns) = node(name, labels, rv).metadata;
         ns
     }
 
