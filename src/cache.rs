@@ -107,9 +107,13 @@ pub async fn detect_initial_list(client: &Client) -> InitialList {
                     return InitialList::Streaming;
                 }
                 Ok(WatchEvent::Bookmark(_) | WatchEvent::Added(_)) => {}
-                Ok(_) | Err(_) => break,
+                other => {
+                    tracing::debug!(answer = ?other, "streaming-list probe: not a streaming list");
+                    break;
+                }
             }
         }
+        tracing::debug!("streaming-list probe: the watch ended before its initial events did");
         InitialList::Paged
     };
     tokio::time::timeout(PROBE_TIMEOUT, probe)
