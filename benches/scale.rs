@@ -39,8 +39,8 @@ fn cluster(n: usize) -> Vec<NodeInfo> {
             ]);
             NodeInfo {
                 name: format!("worker-{i}"),
-                labels,
-                annotations,
+                labels: labels.into(),
+                annotations: annotations.into(),
             }
         })
         .collect()

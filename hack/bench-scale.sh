@@ -1,41 +1,74 @@
 #!/usr/bin/env bash
-# Runs the whole operator in-process against the in-memory API server on a large cluster
-# (default 5,000 workers + 3 masters, 1,000 namespaces) and prints a Markdown table:
-# CPU per reconcile, peak RSS (with the fake API server's own share as a baseline) and
-# admission latency on a 3-worker cluster next to the big one.
-#   hack/bench-scale.sh [--nodes N] [--namespaces M] [--reconciles K] [--requests R]
+# Memory and CPU of the operator alone at scale (benches/operator_alone.rs): the operator's
+# release binary runs as its own process against the in-memory API server in another process
+# (testkit's fake-apiserver) and, when KUBEBUILDER_ASSETS is set, against a real kube-apiserver;
+# its own /proc/<pid>/status and /proc/<pid>/stat are read. Prints a Markdown table.
+#
+#   hack/bench-scale.sh [--sizes "2004 5004"] [--servers "fake real"] [--no-plain] [-- BENCH ARGS]
+#
+# Rows: a small-node cluster (5 labels, no annotations) at the first size, then realistic
+# nodes at every size; bytes per node is the slope of settled RSS between the two largest sizes.
+# OPERATOR=path benchmarks another operator binary (e.g. one built from an older commit).
+# Loopback only; every loop in the bench is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=$(mktemp)
-trap 'rm -f "$OUT"' EXIT
-cargo bench --bench operator_scale -- "$@" | tee "$OUT" >&2
+SIZES="2004 5004"
+SERVERS="fake"
+[ -n "${KUBEBUILDER_ASSETS:-}" ] && SERVERS="fake real"
+PLAIN=1
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --sizes) SIZES="$2"; shift 2 ;;
+        --servers) SERVERS="$2"; shift 2 ;;
+        --no-plain) PLAIN=0; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+cargo build --release -p sandboxed-containers-operator --bin sandboxed-containers-operator >&2
+cargo build --release -p sandboxed-containers-operator-testkit --bin fake-apiserver >&2
+OPERATOR="${OPERATOR:-$PWD/target/release/sandboxed-containers-operator}"
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+run() { # name, args...
+    local name=$1; shift
+    echo "== $name: $*" >&2
+    cargo bench --bench operator_alone -- --operator "$OPERATOR" "$@" "${EXTRA[@]}" | tee "$OUT/$name" >&2
+}
+first=${SIZES%% *}
+for server in $SERVERS; do
+    [ "$PLAIN" = 1 ] && run "$server-plain-$first" --server "$server" --nodes "$first" --plain
+    for n in $SIZES; do
+        run "$server-$n" --server "$server" --nodes "$n"
+    done
+done
 
-python3 - "$OUT" <<'PY'
-import sys
-r = {}
-for line in open(sys.argv[1]):
-    if line.startswith("RESULT "):
-        _, k, v = line.split(maxsplit=2)
-        r[k] = v.strip()
-f = lambda k: float(r[k])
-print(f"\n{r['nodes']} workers + 3 masters, {r['namespaces']} namespaces; "
-      f"{r['reconciles']} reconciles per trigger kind; {r['requests']} sequential requests per endpoint\n")
-print("| measure | value | goal |")
-print("|---|---:|---|")
-print(f"| CPU per reconcile, KataConfig edit (process CPU / reconciles) | {f('kc_touch.cpu_ms'):.1f} ms | < 50 ms |")
-print(f"| CPU per reconcile, node label edit | {f('node_touch.cpu_ms'):.1f} ms | < 50 ms |")
-print(f"| mean reconcile duration (wall, `kata_operator_reconcile_duration_seconds`) | {f('kc_touch.wall_ms'):.1f} / {f('node_touch.wall_ms'):.1f} ms | |")
-print(f"| operator writes during the {int(r['reconciles'])*2} measured reconciles | {int(r['kc_touch.operator_writes']) + int(r['node_touch.operator_writes'])} | |")
-print(f"| CPU of one API write nobody watches (fake server + client, for reference) | {f('api_write.cpu_ms'):.2f} ms | |")
-print(f"| startup to settled (initial lists, first reconciles): CPU / wall | {r['startup.cpu_ms']} / {r['startup.wall_ms']} ms | |")
-base, peak = f('baseline.hwm_mib'), f('peak.hwm_mib')
-print(f"| peak RSS, whole process (VmHWM) | {peak:.1f} MiB | |")
-print(f"| baseline: fake API + seeded objects, before the operator (VmHWM) | {base:.1f} MiB | |")
-print(f"| peak RSS attributable to the operator (difference) | {peak - base:.1f} MiB | < 50 MiB |")
-print(f"| RSS settled / at the end (VmRSS) | {r['settled.rss_mib']} / {r['final.rss_mib']} MiB | |")
-print()
-print("| admission (HTTPS, keep-alive, sequential) | 3 workers, 10 ns: p50 / p99 ms | big: p50 / p99 ms |")
-print("|---|---:|---:|")
-for k in ["validate", "mutate"]:
-    print(f"| /{k}-pod | {f('small.'+k+'.p50_ms'):.3f} / {f('small.'+k+'.p99_ms'):.3f} | {f('big.'+k+'.p50_ms'):.3f} / {f('big.'+k+'.p99_ms'):.3f} |")
+python3 - "$OUT" "$OPERATOR" <<'PY'
+import os, sys
+out, operator = sys.argv[1], sys.argv[2]
+rows = []
+for name in sorted(os.listdir(out), key=lambda n: (n.split("-")[0], "plain" not in n, int(n.split("-")[-1]))):
+    r = {}
+    for line in open(os.path.join(out, name)):
+        if line.startswith("RESULT "):
+            _, k, v = line.split(maxsplit=2)
+            r[k] = v.strip()
+    if "peak.hwm_mib" in r:
+        rows.append(r)
+print(f"\noperator binary: {operator}\n")
+print("| server | cluster | peak RSS (VmHWM) | RSS settled / +10 s | CPU per reconcile: KataConfig edit / node label edit | CPU per unread node event (reconciles caused) | startup to ready |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for r in rows:
+    kind = "small nodes" if r["plain"] == "true" else "realistic nodes"
+    print(f"| {r['server']} | {r['nodes']} {kind} | {r['peak.hwm_mib']} MiB | {r['settled.rss_mib']} / {r['settled10s.rss_mib']} MiB "
+          f"| {float(r['kc_touch.cpu_ms']):.1f} / {float(r['node_label.cpu_ms']):.1f} ms "
+          f"| {r['node_event.cpu_us']} µs ({r['node_event.reconciles']}) | {r['ready.seconds']} s |")
+for server in sorted({r["server"] for r in rows}):
+    real = sorted((int(r["nodes"]), float(r["settled.rss_mib"]), float(r["peak.hwm_mib"]))
+                  for r in rows if r["server"] == server and r["plain"] != "true")
+    if len(real) >= 2:
+        (n0, s0, p0), (n1, s1, p1) = real[-2], real[-1]
+        per = lambda a, b: (b - a) * 1024 * 1024 / (n1 - n0)
+        print(f"\n{server}: bytes per realistic node (slope {n0} -> {n1}): settled RSS {per(s0, s1):.0f} B, peak {per(p0, p1):.0f} B")
 PY

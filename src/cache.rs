@@ -1,20 +1,28 @@
 //! The process's one view of the cluster: one watch per shared kind, and what the API server
-//! serves. Nodes (metadata only, slimmed), RuntimeClasses, KataConfigs and Namespaces (metadata
-//! only, labels) are read by the reconciler and by the webhooks alike, so each is listed and
-//! watched once; API discovery ([`crate::discovery`]) is re-checked on an interval. Subscribers
-//! learn what changed in a way that matters (a fingerprint of the fields anyone reads), so a
-//! heartbeat never wakes them.
+//! serves. Nodes (metadata only, one compact [`NodeInfo`] each: name, labels, the MCO
+//! annotations), RuntimeClasses, KataConfigs and Namespaces (metadata only, labels) are read by
+//! the reconciler and by the webhooks alike, so each is listed and watched once; API discovery
+//! ([`crate::discovery`]) is re-checked on an interval. Subscribers learn what changed in a way
+//! that matters (the node record, or a fingerprint of the fields anyone reads), so a heartbeat
+//! never wakes them.
 //!
-//! [`spawn_reflector`] is also how the reconciler runs the watches of what it alone reads.
+//! Memory on a large cluster: the first state of every watch comes from a streaming list
+//! ([`InitialList::Streaming`], detected once per process) so no page of 500 objects is ever
+//! held, and a node costs a few hundred bytes of shared strings and pointers.
+//!
+//! [`spawn_reflector`] is also how the reconciler runs the watches of what it alone reads, with
+//! [`ClusterCache::watcher_config`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::core::PartialObjectMeta;
+use kube::api::WatchParams;
+use kube::core::{PartialObjectMeta, WatchEvent};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
@@ -28,7 +36,6 @@ use crate::api::{KataConfig, active_kata_config, kata_config_in_force};
 use crate::discovery::{self, ServedApis};
 use crate::observability::metrics::Metrics;
 use crate::plan::NodeInfo;
-use crate::plan::nodes::slim_node;
 
 /// Which shared kind changed in a way some reader cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,20 +50,92 @@ pub enum Change {
     ServedApis,
 }
 
+/// How a watch gets its first full state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialList {
+    /// One watch with `sendInitialEvents=true` (a streaming list, Kubernetes' WatchList): objects
+    /// arrive one by one, so none but the current one is ever held whole.
+    Streaming,
+    /// Paged lists (500 objects a page), then a watch: for servers without streaming lists.
+    Paged,
+}
+
+impl InitialList {
+    /// The watcher configuration of this strategy.
+    pub fn watcher_config(self) -> watcher::Config {
+        match self {
+            InitialList::Streaming => watcher::Config::default().streaming_lists(),
+            InitialList::Paged => watcher::Config::default(),
+        }
+    }
+}
+
+/// The object the streaming-list probe watches: no namespace has this name, so the answer is
+/// just the end-of-initial-events bookmark.
+const PROBE_NAME: &str = "sandboxed-containers-operator-streaming-list-probe";
+/// Longest the probe waits for that bookmark before falling back to paged lists.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the server supports streaming lists: one watch of namespaces with
+/// `sendInitialEvents=true` must answer with the `k8s.io/initial-events-end` bookmark. A server
+/// without the WatchList feature refuses the request (422), and an older one never sends it.
+pub async fn detect_initial_list(client: &Client) -> InitialList {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let params = WatchParams {
+        field_selector: Some(format!("metadata.name={PROBE_NAME}")),
+        timeout: Some(PROBE_TIMEOUT.as_secs() as u32),
+        bookmarks: true,
+        send_initial_events: true,
+        label_selector: None,
+    };
+    let probe = async {
+        let stream = match api.watch_metadata(&params, "0").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "streaming-list probe refused");
+                return InitialList::Paged;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(WatchEvent::Bookmark(b))
+                    if b.metadata
+                        .annotations
+                        .contains_key("k8s.io/initial-events-end") =>
+                {
+                    return InitialList::Streaming;
+                }
+                Ok(WatchEvent::Bookmark(_) | WatchEvent::Added(_)) => {}
+                other => {
+                    tracing::debug!(answer = ?other, "streaming-list probe: not a streaming list");
+                    break;
+                }
+            }
+        }
+        tracing::debug!("streaming-list probe: the watch ended before its initial events did");
+        InitialList::Paged
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .unwrap_or(InitialList::Paged)
+}
+
 /// Read side of the shared watches. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterCache {
-    nodes: Store<PartialObjectMeta<Node>>,
+    nodes: NodeStore,
     runtime_classes: Store<RuntimeClass>,
     kata_configs: Store<KataConfig>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     served: watch::Receiver<Option<ServedApis>>,
+    initial_list: watch::Receiver<Option<InitialList>>,
     changes: broadcast::Sender<Change>,
 }
 
 /// Write side, fed by the watches in production and by tests directly.
 pub struct CacheWriters {
-    pub nodes: Writer<PartialObjectMeta<Node>>,
+    pub nodes: NodeWriter,
     pub runtime_classes: Writer<RuntimeClass>,
     pub kataconfigs: Writer<KataConfig>,
     pub namespaces: Writer<PartialObjectMeta<Namespace>>,
@@ -75,23 +154,36 @@ pub fn rv_fingerprint<K: Resource>(o: &K) -> u64 {
     fingerprint(&o.meta().resource_version)
 }
 
-/// Node fingerprint: its labels and the MCO annotations (all that is kept of it).
-fn node_fingerprint(n: &PartialObjectMeta<Node>) -> u64 {
-    fingerprint(&(n.labels(), n.annotations()))
-}
-
 fn namespace_fingerprint(n: &PartialObjectMeta<Namespace>) -> u64 {
     fingerprint(n.labels())
 }
 
+/// Only the policy label of a namespace is read; namespaces are many.
+fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>) {
+    ns.managed_fields_mut().clear();
+    ns.annotations_mut().clear();
+}
+
 impl ClusterCache {
-    /// Empty caches and their writers (tests fill them by hand).
+    /// Empty caches and their writers (tests fill them by hand); watches made for it would get
+    /// their first state by paged lists.
     pub fn new() -> (ClusterCache, CacheWriters) {
-        let (nodes, node_w) = reflector::store();
+        let (cache, writers, initial_list) = Self::build();
+        initial_list.send_replace(Some(InitialList::Paged));
+        (cache, writers)
+    }
+
+    fn build() -> (
+        ClusterCache,
+        CacheWriters,
+        watch::Sender<Option<InitialList>>,
+    ) {
+        let (nodes, node_w) = NodeStore::new();
         let (runtime_classes, rc_w) = reflector::store();
         let (kata_configs, kc_w) = reflector::store();
         let (namespaces, ns_w) = reflector::store();
         let (served_w, served) = watch::channel(None);
+        let (initial_list_w, initial_list) = watch::channel(None);
         let (changes, _) = broadcast::channel(64);
         (
             ClusterCache {
@@ -100,6 +192,7 @@ impl ClusterCache {
                 kata_configs,
                 namespaces,
                 served,
+                initial_list,
                 changes,
             },
             CacheWriters {
@@ -109,6 +202,7 @@ impl ClusterCache {
                 namespaces: ns_w,
                 served: served_w,
             },
+            initial_list_w,
         )
     }
 
@@ -118,14 +212,15 @@ impl ClusterCache {
         Self::start_with(client, metrics, discovery::DEFAULT_INTERVAL, shutdown)
     }
 
-    /// [`ClusterCache::start`] with another discovery interval.
+    /// [`ClusterCache::start`] with another discovery interval. The watches start once
+    /// [`detect_initial_list`] has answered (streaming lists where the server has them).
     pub fn start_with(
         client: Client,
         metrics: Arc<Metrics>,
         discovery_interval: std::time::Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        let (cache, w) = ClusterCache::new();
+        let (cache, w, initial_list) = ClusterCache::build();
         spawn_discovery(
             client.clone(),
             w.served,
@@ -133,56 +228,46 @@ impl ClusterCache {
             discovery_interval,
             shutdown.clone(),
         );
-        let cfg = watcher::Config::default;
-        let notify = |change: Change| {
-            let tx = cache.changes.clone();
-            // No subscriber yet is fine: readers look at the stores when they start.
-            move || {
-                let _ = tx.send(change);
-                true
-            }
-        };
-        let nodes = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg())
-            .modify(slim_node);
-        spawn_reflector(
-            w.nodes,
-            nodes,
-            node_fingerprint,
-            notify(Change::Nodes),
-            &metrics,
-            &shutdown,
-        );
-        spawn_reflector(
-            w.runtime_classes,
-            watcher::watcher(Api::<RuntimeClass>::all(client.clone()), cfg()),
-            rv_fingerprint,
-            notify(Change::RuntimeClasses),
-            &metrics,
-            &shutdown,
-        );
-        spawn_reflector(
-            w.kataconfigs,
-            watcher::watcher(Api::<KataConfig>::all(client.clone()), cfg()),
-            rv_fingerprint,
-            notify(Change::KataConfigs),
-            &metrics,
-            &shutdown,
-        );
-        // Only the policy label is read; namespaces are many.
-        let namespaces = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client), cfg())
-            .modify(|ns| {
-                ns.managed_fields_mut().clear();
-                ns.annotations_mut().clear();
-            });
-        spawn_reflector(
-            w.namespaces,
-            namespaces,
-            namespace_fingerprint,
-            notify(Change::Namespaces),
-            &metrics,
-            &shutdown,
-        );
+        let changes = cache.changes.clone();
+        tokio::spawn(async move {
+            let strategy = tokio::select! {
+                s = detect_initial_list(&client) => s,
+                () = shutdown.cancelled() => return,
+            };
+            tracing::info!(
+                streaming = strategy == InitialList::Streaming,
+                "watch caches: initial state by {}",
+                match strategy {
+                    InitialList::Streaming => "streaming lists (sendInitialEvents)",
+                    InitialList::Paged => "paged lists (the server has no streaming lists)",
+                }
+            );
+            initial_list.send_replace(Some(strategy));
+            let writers = SharedWriters {
+                nodes: w.nodes,
+                runtime_classes: w.runtime_classes,
+                kataconfigs: w.kataconfigs,
+                namespaces: w.namespaces,
+            };
+            start_shared_watches(&client, writers, strategy, &changes, &metrics, &shutdown);
+        });
         cache
+    }
+
+    /// How this process's watches get their first state (waits for the probe of
+    /// [`ClusterCache::start`]; [`InitialList::Paged`] if it never answered).
+    pub async fn initial_list(&self) -> InitialList {
+        let mut rx = self.initial_list.clone();
+        rx.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| *v)
+            .unwrap_or(InitialList::Paged)
+    }
+
+    /// The watcher configuration for any other watch of this process.
+    pub async fn watcher_config(&self) -> watcher::Config {
+        self.initial_list().await.watcher_config()
     }
 
     /// What the API server serves; `None` until discovery first answered.
@@ -207,20 +292,20 @@ impl ClusterCache {
         let ready = |r: Result<(), reflector::store::WriterDropped>, name| {
             r.map_err(|_| CacheNotSynced(name))
         };
-        ready(store_ready(&self.nodes).await, "nodes")?;
+        self.nodes
+            .ready()
+            .await
+            .map_err(|_| CacheNotSynced("nodes"))?;
         ready(store_ready(&self.runtime_classes).await, "runtimeclasses")?;
         ready(store_ready(&self.kata_configs).await, "kataconfigs")?;
         ready(store_ready(&self.namespaces).await, "namespaces")?;
         Ok(())
     }
 
-    /// The planner's view of every node.
+    /// The planner's view of every node, sorted by name. Each record shares its strings with
+    /// the cache, so this copies names and pointers only.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes
-            .state()
-            .iter()
-            .map(|n| NodeInfo::from_meta(&n.metadata))
-            .collect()
+        self.nodes.read().values().cloned().collect()
     }
 
     pub fn runtime_class(&self, name: &str) -> Option<Arc<RuntimeClass>> {
@@ -259,6 +344,251 @@ impl ClusterCache {
             .get(&reflector::ObjectRef::new(name))
             .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
     }
+}
+
+/// The writers [`start_shared_watches`] feeds.
+struct SharedWriters {
+    nodes: NodeWriter,
+    runtime_classes: Writer<RuntimeClass>,
+    kataconfigs: Writer<KataConfig>,
+    namespaces: Writer<PartialObjectMeta<Namespace>>,
+}
+
+/// The four shared watches. Nodes and namespaces are watched metadata-only
+/// (`Api<PartialObjectMeta<_>>`: the server sends neither `spec` nor `status`, e.g. a node's
+/// image list), and only what is read is kept.
+fn start_shared_watches(
+    client: &Client,
+    w: SharedWriters,
+    strategy: InitialList,
+    changes: &broadcast::Sender<Change>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) {
+    let cfg = || strategy.watcher_config();
+    let notify = |change: Change| {
+        let tx = changes.clone();
+        // No subscriber yet is fine: readers look at the stores when they start.
+        move || {
+            let _ = tx.send(change);
+            true
+        }
+    };
+    spawn_node_watch(
+        w.nodes,
+        watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()),
+        notify(Change::Nodes),
+        metrics,
+        shutdown,
+    );
+    spawn_reflector(
+        w.runtime_classes,
+        watcher::watcher(Api::<RuntimeClass>::all(client.clone()), cfg()),
+        rv_fingerprint,
+        notify(Change::RuntimeClasses),
+        metrics,
+        shutdown,
+    );
+    spawn_reflector(
+        w.kataconfigs,
+        watcher::watcher(Api::<KataConfig>::all(client.clone()), cfg()),
+        rv_fingerprint,
+        notify(Change::KataConfigs),
+        metrics,
+        shutdown,
+    );
+    spawn_reflector(
+        w.namespaces,
+        watcher::watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            cfg(),
+        )
+        .modify(slim_namespace),
+        namespace_fingerprint,
+        notify(Change::Namespaces),
+        metrics,
+        shutdown,
+    );
+}
+
+/// The node cache: one compact [`NodeInfo`] per node, by name.
+#[derive(Clone)]
+struct NodeStore {
+    nodes: Arc<RwLock<BTreeMap<String, NodeInfo>>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl NodeStore {
+    fn new() -> (NodeStore, NodeWriter) {
+        let nodes = Arc::new(RwLock::new(BTreeMap::new()));
+        let (ready_tx, ready) = watch::channel(false);
+        (
+            NodeStore {
+                nodes: nodes.clone(),
+                ready,
+            },
+            NodeWriter {
+                nodes,
+                ready: ready_tx,
+                relist: None,
+                strings: Interner::default(),
+            },
+        )
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NodeInfo>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until the first full list is in (`Err` if the writer is gone before).
+    async fn ready(&self) -> Result<(), watch::error::RecvError> {
+        let mut rx = self.ready.clone();
+        rx.wait_for(|r| *r).await.map(|_| ())
+    }
+}
+
+/// Write side of the node cache. Each watch event is turned into its [`NodeInfo`] at once
+/// (labels and the MCO annotations, strings shared through an interner), so neither the
+/// managedFields nor the other annotations of a node are ever stored.
+pub struct NodeWriter {
+    nodes: Arc<RwLock<BTreeMap<String, NodeInfo>>>,
+    ready: watch::Sender<bool>,
+    /// The records of a (re)list in progress.
+    relist: Option<BTreeMap<String, NodeInfo>>,
+    strings: Interner,
+}
+
+impl NodeWriter {
+    /// Applies one watch event; true when it changed a record (a label or an MCO annotation,
+    /// or the set of nodes): a heartbeat, a network-plugin annotation or a status update
+    /// changes nothing.
+    pub fn apply_watcher_event(&mut self, ev: &Event<PartialObjectMeta<Node>>) -> bool {
+        match ev {
+            Event::Apply(n) => {
+                let record = self.record(n);
+                let mut nodes = self.write();
+                if nodes.get(&record.name) == Some(&record) {
+                    return false;
+                }
+                nodes.insert(record.name.clone(), record);
+                drop(nodes);
+                self.strings.prune();
+                true
+            }
+            Event::Delete(n) => self.write().remove(&n.name_any()).is_some(),
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(n) => {
+                let record = self.record(n);
+                self.relist
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(record.name.clone(), record);
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let changed = {
+                    let mut nodes = self.write();
+                    let changed = *nodes != listed;
+                    *nodes = listed;
+                    changed
+                };
+                self.strings.prune_now();
+                self.ready.send_replace(true);
+                changed
+            }
+        }
+    }
+
+    fn record(&mut self, n: &PartialObjectMeta<Node>) -> NodeInfo {
+        NodeInfo::from_meta_with(&n.metadata, &mut |s| self.strings.intern(s))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, NodeInfo>> {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One shared copy of each label key and value: 5,000 nodes carry the same 20 keys and mostly
+/// the same values.
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Arc<str>>,
+    /// Size after the last prune.
+    kept: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.strings.insert(shared.clone());
+        shared
+    }
+
+    /// Forgets the strings no record uses any more (a deleted node's name), once the set has
+    /// doubled since the last time, so this costs O(1) per event on average.
+    fn prune(&mut self) {
+        if self.strings.len() > 2 * self.kept + 1024 {
+            self.prune_now();
+        }
+    }
+
+    /// Forgets every string no record uses (after a relist: rare, and the time to be exact).
+    fn prune_now(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.kept = self.strings.len();
+    }
+}
+
+/// Runs the node watch into `writer` until `shutdown`; `on_change` as in [`spawn_reflector`].
+fn spawn_node_watch<S>(
+    mut writer: NodeWriter,
+    stream: S,
+    on_change: impl Fn() -> bool + Send + 'static,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()>
+where
+    S: Stream<Item = Result<Event<PartialObjectMeta<Node>>, watcher::Error>> + Send + 'static,
+{
+    let metrics = metrics.clone();
+    let shutdown = shutdown.clone();
+    let stream = stream.default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                () = shutdown.cancelled() => return,
+            };
+            let Some(ev) = ev else { return };
+            let fire = match ev {
+                Ok(ev) => writer.apply_watcher_event(&ev),
+                Err(e) => {
+                    count_watch_error(&metrics, &e);
+                    false
+                }
+            };
+            if fire && !on_change() {
+                return;
+            }
+        }
+    })
+}
+
+/// `kata_operator_api_errors_total{category}`; the watcher itself retries with backoff.
+fn count_watch_error(metrics: &Metrics, e: &watcher::Error) {
+    let category = crate::kubeapi::watch_error_category(e);
+    metrics
+        .api_errors
+        .with_label_values(&[category.as_str()])
+        .inc();
+    tracing::debug!(error = %e, "watch error; the watcher retries with backoff");
 }
 
 /// Probes now and every `interval` until `shutdown`; each change is stored, logged once and
@@ -353,12 +683,7 @@ where
             let fire = match ev {
                 Ok(ev) => changes.observe(&ev, fp),
                 Err(e) => {
-                    let category = crate::kubeapi::watch_error_category(&e);
-                    metrics
-                        .api_errors
-                        .with_label_values(&[category.as_str()])
-                        .inc();
-                    tracing::debug!(error = %e, "watch error; the watcher retries with backoff");
+                    count_watch_error(&metrics, &e);
                     false
                 }
             };
@@ -433,59 +758,185 @@ mod tests {
         }
     }
 
+    fn namespace(name: &str, labels: &[(&str, &str)], rv: &str) -> PartialObjectMeta<Namespace> {
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        *kube::Resource::meta_mut(&mut ns) = node(name, labels, rv).metadata;
+        ns
+    }
+
     #[test]
     fn only_changes_of_read_fields_fire() {
         let mut f = Fingerprints::default();
-        let fp: fn(&PartialObjectMeta<Node>) -> u64 = node_fingerprint;
+        let fp: fn(&PartialObjectMeta<Namespace>) -> u64 = namespace_fingerprint;
         assert!(!f.observe(&Event::Init, fp));
-        assert!(!f.observe(&Event::InitApply(node("a", &[("x", "1")], "1")), fp));
+        assert!(!f.observe(&Event::InitApply(namespace("a", &[("x", "1")], "1")), fp));
         assert!(
             f.observe(&Event::InitDone, fp),
             "the first list is a change"
         );
-        // A heartbeat bumps the resourceVersion only.
-        assert!(!f.observe(&Event::Apply(node("a", &[("x", "1")], "2")), fp));
-        assert!(f.observe(&Event::Apply(node("a", &[("x", "2")], "3")), fp));
-        assert!(f.observe(&Event::Delete(node("a", &[("x", "2")], "4")), fp));
+        // An annotation edit bumps the resourceVersion only.
+        assert!(!f.observe(&Event::Apply(namespace("a", &[("x", "1")], "2")), fp));
+        assert!(f.observe(&Event::Apply(namespace("a", &[("x", "2")], "3")), fp));
+        assert!(f.observe(&Event::Delete(namespace("a", &[("x", "2")], "4")), fp));
         // A relist that finds what was already known changes nothing.
         assert!(!f.observe(&Event::Init, fp));
         assert!(!f.observe(&Event::InitDone, fp));
     }
 
-    #[test]
-    fn node_cache_keeps_labels_and_mco_annotations_only() {
+    /// A node as the API server sends it: metadata with OVN annotations and managedFields.
+    fn raw_node(rv: &str, ovn: &str, extra: serde_json::Value) -> PartialObjectMeta<Node> {
         use crate::names::{MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE};
+        let mut meta = serde_json::json!({
+            "name": "worker-0", "resourceVersion": rv,
+            "labels": {"node-role.kubernetes.io/worker": "", "kubernetes.io/hostname": "worker-0"},
+            "annotations": {
+                MCO_STATE: "Done", MCO_CURRENT_CONFIG: "rendered-a", MCO_DESIRED_CONFIG: "rendered-a",
+                MCO_REASON: "", "k8s.ovn.org/node-subnets": ovn,
+            },
+            "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}],
+        });
+        if let (Some(m), Some(extra)) = (meta.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta,
+        }))
+        .expect("node metadata")
+    }
+
+    #[test]
+    fn node_records_keep_labels_and_mco_annotations_only() {
+        use crate::names::MCO_CURRENT_CONFIG;
         use crate::plan::nodes::NODE_ANNOTATIONS;
-        let raw = |ovn: &str| -> PartialObjectMeta<Node> {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                "metadata": {
-                    "name": "worker-0",
-                    "labels": {"node-role.kubernetes.io/worker": ""},
-                    "annotations": {
-                        MCO_STATE: "Done", MCO_CURRENT_CONFIG: "rendered-a", MCO_DESIRED_CONFIG: "rendered-a",
-                        MCO_REASON: "", "k8s.ovn.org/node-subnets": ovn,
-                    },
-                    "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}],
-                },
-            }))
-            .expect("node metadata")
-        };
-        let mut n = raw("{\"default\":[\"10.128.0.0/23\"]}");
-        slim_node(&mut n);
-        assert!(n.metadata.managed_fields.as_ref().is_none_or(Vec::is_empty));
-        let mut kept: Vec<_> = n.annotations().keys().map(String::as_str).collect();
-        kept.sort_unstable();
+        let (cache, mut w) = ClusterCache::new();
+        w.nodes.apply_watcher_event(&Event::Init);
+        w.nodes.apply_watcher_event(&Event::InitApply(raw_node(
+            "1",
+            "{}",
+            serde_json::json!({}),
+        )));
+        assert!(w.nodes.apply_watcher_event(&Event::InitDone));
+        let nodes = cache.nodes();
+        let kept: Vec<&str> = nodes[0].annotations.keys().collect();
         let mut want = NODE_ANNOTATIONS.to_vec();
         want.sort_unstable();
         assert_eq!(kept, want);
-        assert_eq!(n.labels().len(), 1);
-        // What is dropped never triggers: another OVN annotation, same fingerprint.
-        let mut other = raw("{\"default\":[\"10.129.0.0/23\"]}");
-        slim_node(&mut other);
-        assert_eq!(node_fingerprint(&n), node_fingerprint(&other));
-        let info = NodeInfo::from_meta(&n.metadata);
-        assert_eq!(info.annotation(MCO_CURRENT_CONFIG), Some("rendered-a"));
+        assert_eq!(nodes[0].labels.len(), 2);
+        assert_eq!(nodes[0].annotation(MCO_CURRENT_CONFIG), Some("rendered-a"));
+    }
+
+    #[test]
+    fn a_node_event_changing_only_unread_metadata_changes_nothing() {
+        use crate::names::MCO_STATE;
+        let (cache, mut w) = ClusterCache::new();
+        let n = &mut w.nodes;
+        n.apply_watcher_event(&Event::Init);
+        n.apply_watcher_event(&Event::InitApply(raw_node("1", "a", serde_json::json!({}))));
+        n.apply_watcher_event(&Event::InitDone);
+        // Another OVN annotation, a heartbeat annotation, new managedFields, a status update
+        // (only the resourceVersion shows in metadata): no change.
+        let unread = [
+            raw_node("2", "b", serde_json::json!({})),
+            raw_node(
+                "3",
+                "b",
+                serde_json::json!({"managedFields": [{"manager": "ovnkube", "operation": "Update"}]}),
+            ),
+            raw_node("4", "b", serde_json::json!({"generation": 7})),
+        ];
+        for ev in unread {
+            assert!(!n.apply_watcher_event(&Event::Apply(ev)));
+        }
+        let mut heartbeat = raw_node("5", "b", serde_json::json!({}));
+        heartbeat
+            .annotations_mut()
+            .insert("example.com/heartbeat".into(), "5".into());
+        assert!(!n.apply_watcher_event(&Event::Apply(heartbeat)));
+        // What is read does change.
+        let mut relabelled = raw_node("6", "b", serde_json::json!({}));
+        relabelled.labels_mut().insert("zone".into(), "a".into());
+        assert!(n.apply_watcher_event(&Event::Apply(relabelled)));
+        let mut working = raw_node("7", "b", serde_json::json!({}));
+        working
+            .annotations_mut()
+            .insert(MCO_STATE.into(), "Working".into());
+        assert!(n.apply_watcher_event(&Event::Apply(working.clone())));
+        assert_eq!(cache.nodes()[0].annotation(MCO_STATE), Some("Working"));
+        // A relist that finds the same records is no change; a delete is.
+        n.apply_watcher_event(&Event::Init);
+        n.apply_watcher_event(&Event::InitApply(working.clone()));
+        assert!(!n.apply_watcher_event(&Event::InitDone));
+        assert!(n.apply_watcher_event(&Event::Delete(working.clone())));
+        assert!(!n.apply_watcher_event(&Event::Delete(working)));
+        assert!(cache.nodes().is_empty());
+    }
+
+    #[test]
+    fn node_records_share_their_strings_and_forget_unused_ones() {
+        let (cache, mut w) = ClusterCache::new();
+        for i in 0..3000 {
+            w.nodes.apply_watcher_event(&Event::Apply(node(
+                &format!("n{i}"),
+                &[("zone", "a"), ("host", &format!("h{i}"))],
+                "1",
+            )));
+        }
+        let nodes = cache.nodes();
+        let zone = |n: &NodeInfo| {
+            n.labels
+                .iter()
+                .find(|(k, _)| *k == "zone")
+                .map(|(_, v)| v.as_ptr())
+        };
+        assert_eq!(
+            zone(&nodes[0]),
+            zone(&nodes[2999]),
+            "one copy of a shared value"
+        );
+        drop(nodes);
+        // A relist finds one node left: the strings of the others are forgotten.
+        w.nodes.apply_watcher_event(&Event::Init);
+        w.nodes
+            .apply_watcher_event(&Event::InitApply(node("last", &[("zone", "b")], "3")));
+        w.nodes.apply_watcher_event(&Event::InitDone);
+        assert_eq!(cache.nodes().len(), 1);
+        assert!(
+            w.nodes.strings.strings.len() < 10,
+            "the names of deleted nodes are forgotten: {} strings kept",
+            w.nodes.strings.strings.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_node_cache_is_ready_after_its_first_list_only() {
+        let (cache, mut w) = ClusterCache::new();
+        let ready = tokio::time::timeout(Duration::from_millis(50), cache.nodes.ready()).await;
+        assert!(ready.is_err(), "not ready before the first list");
+        w.nodes.apply_watcher_event(&Event::Init);
+        w.nodes.apply_watcher_event(&Event::InitDone);
+        let ready = tokio::time::timeout(Duration::from_secs(10), cache.nodes.ready()).await;
+        assert!(matches!(ready, Ok(Ok(()))), "{ready:?}");
+        drop(w);
+        let (cache, w) = ClusterCache::new();
+        drop(w);
+        assert!(cache.wait_synced().await.is_err());
+        assert_eq!(
+            cache
+                .wait_synced()
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("the nodes watch cache has not synced")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_made_by_hand_lists_by_pages() {
+        let (cache, _w) = ClusterCache::new();
+        assert_eq!(cache.initial_list().await, InitialList::Paged);
     }
 
     #[tokio::test]
@@ -535,6 +986,6 @@ mod tests {
             Some("example")
         );
         assert!(cache.kata_config_in_force().is_some());
-        assert_eq!(cache.nodes()[0].labels["k"], "v");
+        assert_eq!(&cache.nodes()[0].labels["k"], "v");
     }
 }

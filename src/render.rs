@@ -290,8 +290,9 @@ pub fn example_cluster() -> Vec<NodeInfo> {
                 (MASTER_ROLE_LABEL.to_string(), String::new()),
                 (CONTROL_PLANE_ROLE_LABEL.to_string(), String::new()),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ]),
-            annotations: BTreeMap::new(),
+            ])
+            .into(),
+            annotations: Default::default(),
         });
     }
     for i in 0..3 {
@@ -300,8 +301,9 @@ pub fn example_cluster() -> Vec<NodeInfo> {
             labels: BTreeMap::from([
                 (WORKER_ROLE_LABEL.to_string(), String::new()),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ]),
-            annotations: BTreeMap::new(),
+            ])
+            .into(),
+            annotations: Default::default(),
         });
     }
     nodes

@@ -176,14 +176,26 @@ fn is_dns_subdomain(s: &str) -> bool {
     })
 }
 
+/// A set of labels a selector can be matched against: an object's `metadata.labels` map, or a
+/// compact record of them (`plan::NodeLabels`).
+pub trait LabelLookup {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// Whether `labels` satisfy `selector` (an empty selector matches everything). Callers validate
 /// first; an unknown operator never matches.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn matches(selector: &LabelSelector, labels: &(impl LabelLookup + ?Sized)) -> bool {
     let labels_ok = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.label(k) == Some(v.as_str()));
     labels_ok
         && selector
             .match_expressions
@@ -192,12 +204,15 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
             .all(|req| requirement_matches(req, labels))
 }
 
-fn requirement_matches(req: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+fn requirement_matches(
+    req: &LabelSelectorRequirement,
+    labels: &(impl LabelLookup + ?Sized),
+) -> bool {
     let values = req.values.as_deref().unwrap_or_default();
-    let value = labels.get(&req.key);
+    let value = labels.label(&req.key);
     match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "In" => value.is_some_and(|v| values.iter().any(|w| w == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|w| w == v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         _ => false,

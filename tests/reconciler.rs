@@ -886,6 +886,74 @@ async fn settled_cluster_makes_no_writes_even_after_watch_resets_and_restarts() 
     op.stop().await;
 }
 
+fn reconciles(op: &Operator) -> u64 {
+    ["success", "error", "invalid_spec"]
+        .iter()
+        .map(|l| op.metrics.reconciliations.with_label_values(&[l]).get())
+        .sum()
+}
+
+#[tokio::test]
+async fn node_events_changing_only_unread_metadata_trigger_no_reconcile() {
+    let c = cluster(3).await;
+    let op = c.start_operator();
+    c.create_kc("example", json!({})).await;
+    c.wait_ready("example").await;
+    // Quiet: no reconcile for 500 ms (trailing events drained).
+    let (mut last, mut since, start) = (reconciles(&op), Instant::now(), Instant::now());
+    while since.elapsed() < Duration::from_millis(500) {
+        assert!(start.elapsed() < HANG_GUARD, "the operator never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if reconciles(&op) != last {
+            (last, since) = (reconciles(&op), Instant::now());
+        }
+    }
+    let before = reconciles(&op);
+    let nodes = Api::<Node>::all(c.admin());
+    let merge = |v: Value| Patch::Merge(v);
+    let as_writer = |m: &str| PatchParams {
+        field_manager: Some(m.into()),
+        ..Default::default()
+    };
+    // A heartbeat annotation, an OVN annotation (new managedFields), a status update.
+    nodes
+        .patch(
+            "w0",
+            &as_writer("heartbeat"),
+            &merge(json!({"metadata": {"annotations": {"example.com/heartbeat": "1"}}})),
+        )
+        .await
+        .expect("heartbeat annotation");
+    nodes
+        .patch("w1", &as_writer("ovnkube"), &merge(json!({"metadata": {"annotations": {"k8s.ovn.org/node-subnets": "{\"default\":[\"10.128.2.0/23\"]}"}}})))
+        .await
+        .expect("OVN annotation");
+    nodes
+        .patch_status("w2", &as_writer("kubelet"), &merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})))
+        .await
+        .expect("node status");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        reconciles(&op),
+        before,
+        "a node event that changes nothing the operator reads must not reconcile"
+    );
+    // A label edit does reconcile, so the count above could have moved.
+    nodes
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &merge(json!({"metadata": {"labels": {"zone": "c"}}})),
+        )
+        .await
+        .expect("label edit");
+    c.wait("a reconcile after a label edit", |_| {
+        (reconciles(&op) > before).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn second_kata_config_is_reported_in_its_own_status_and_ignored() {
     let c = cluster(2).await;

@@ -253,7 +253,7 @@ proptest! {
             "namespacePolicy": {"default": policy},
         })).expect("spec");
         let kc = KataConfig::new("k", spec.clone());
-        let nodes = vec![NodeInfo { name: "w".into(), labels: BTreeMap::from([("node-role.kubernetes.io/worker".into(), String::new())]), ..Default::default() }];
+        let nodes = vec![NodeInfo { name: "w".into(), labels: BTreeMap::from([("node-role.kubernetes.io/worker".to_string(), String::new())]).into(), ..Default::default() }];
         let verdict = kataconfig::validate(&Operation::Create, Some(&kc), None, &KataEnv { existing: vec![], nodes });
         match (validate_spec(&spec), verdict) {
             (Ok(()), Verdict::Allow { .. }) => {}

@@ -20,7 +20,7 @@ use crate::api::{
 use crate::names::LOG_LEVELS;
 use crate::selector::FieldError;
 
-pub use nodes::{LabelChange, NodeInfo, NodeSelection, Topology};
+pub use nodes::{LabelChange, NodeInfo, NodeLabels, NodeSelection, Topology};
 
 /// A spec the operator cannot act on. The reconciler reports it as a condition and waits for the
 /// object to change; `render` prints it and exits non-zero.

@@ -70,7 +70,7 @@ pub struct InstallerPod {
 
 /// Whether the installer reported kata usable on the node (`katacontainers.io/kata-runtime=true`).
 pub fn installed_label_set(node: &NodeInfo) -> bool {
-    node.labels.get(KATA_RUNTIME_LABEL).map(String::as_str) == Some("true")
+    node.labels.get(KATA_RUNTIME_LABEL) == Some("true")
 }
 
 /// Every kata-relevant node in exactly one list. `nodes` carry the kata role label as it will be
@@ -140,8 +140,9 @@ mod tests {
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-            annotations: BTreeMap::new(),
+                .collect::<BTreeMap<_, _>>()
+                .into(),
+            annotations: BTreeMap::new().into(),
         }
     }
 

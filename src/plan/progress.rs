@@ -165,8 +165,8 @@ mod tests {
         }
         NodeInfo {
             name: name.into(),
-            labels,
-            annotations,
+            labels: labels.into(),
+            annotations: annotations.into(),
         }
     }
 

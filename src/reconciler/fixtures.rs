@@ -46,14 +46,15 @@ pub fn worker(name: &str, extra: &[(&str, &str)]) -> NodeInfo {
     }
     NodeInfo {
         name: name.into(),
-        labels,
+        labels: labels.into(),
         annotations: BTreeMap::from([
             (MCO_STATE.to_string(), "Done".to_string()),
             (
                 MCO_CURRENT_CONFIG.to_string(),
                 "rendered-worker-0".to_string(),
             ),
-        ]),
+        ])
+        .into(),
     }
 }
 

@@ -170,6 +170,7 @@ pub async fn run(
     let owned = observe::OwnedCaches::start(
         client.clone(),
         &config.namespace,
+        cluster.initial_list().await,
         trigger_tx.clone(),
         metrics.clone(),
         shutdown.clone(),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     ContainerRuntimeConfig, KataConfig, MachineConfig, MachineConfigPool, active_kata_config,
 };
-use crate::cache::{ClusterCache, rv_fingerprint, spawn_reflector, store_ready};
+use crate::cache::{ClusterCache, InitialList, rv_fingerprint, spawn_reflector, store_ready};
 use crate::discovery::ServedApis;
 use crate::names::{
     CONTAINER_RUNTIME_CONFIG, CRIO_DROPIN_MC, EXTENSION_MC, KATA_POOL, MASTER_POOL, NODE_INSTALLER,
@@ -165,6 +165,8 @@ pub struct OwnedCaches {
     trigger: UnboundedSender<()>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Streaming or paged lists, as the shared caches found the server.
+    initial_list: InitialList,
 }
 
 struct McoWatches {
@@ -251,17 +253,25 @@ fn trigger(tx: &UnboundedSender<()>) -> impl Fn() -> bool + Send + 'static {
 }
 
 impl OwnedCaches {
-    /// Starts the installer's watches in `namespace`. Each change of something the decision
+    /// Starts the installer's watches in `namespace`, each getting its first state by
+    /// `initial_list` (see [`ClusterCache::initial_list`]). Each change of something the decision
     /// reads sends on `trigger`.
     pub fn start(
         client: Client,
         namespace: &str,
+        initial_list: InitialList,
         trigger_tx: UnboundedSender<()>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        let installer =
-            InstallerWatches::start(&client, namespace, &trigger_tx, &metrics, &shutdown);
+        let installer = InstallerWatches::start(
+            &client,
+            namespace,
+            initial_list,
+            &trigger_tx,
+            &metrics,
+            &shutdown,
+        );
         OwnedCaches {
             installer,
             mco: tokio::sync::Mutex::new(None),
@@ -271,6 +281,7 @@ impl OwnedCaches {
             trigger: trigger_tx,
             metrics,
             shutdown,
+            initial_list,
         }
     }
 
@@ -281,6 +292,7 @@ impl OwnedCaches {
         if guard.is_none() {
             *guard = Some(McoWatches::start(
                 &self.client,
+                self.initial_list,
                 &self.trigger,
                 &self.metrics,
                 &self.shutdown,
@@ -319,7 +331,7 @@ impl OwnedCaches {
             let (store, writer) = reflector::store();
             let pods = watcher::watcher(
                 Api::<Pod>::all(self.client.clone()),
-                watcher::Config::default(),
+                self.initial_list.watcher_config(),
             )
             .modify(|p: &mut Pod| {
                 // Keep only what the decision reads; pods are many.
@@ -456,11 +468,12 @@ impl OwnedCaches {
 impl McoWatches {
     fn start(
         client: &Client,
+        initial_list: InitialList,
         trigger_tx: &UnboundedSender<()>,
         metrics: &Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> Self {
-        let cfg = watcher::Config::default;
+        let cfg = || initial_list.watcher_config();
         let (pools, pools_w) = reflector::store();
         let (machine_configs, mcs_w) = reflector::store();
         let (crcs, crcs_w) = reflector::store();
@@ -512,6 +525,7 @@ impl InstallerWatches {
     fn start(
         client: &Client,
         namespace: &str,
+        initial_list: InitialList,
         trigger_tx: &UnboundedSender<()>,
         metrics: &Arc<Metrics>,
         shutdown: &CancellationToken,
@@ -519,7 +533,9 @@ impl InstallerWatches {
         let (config_maps, cm_w) = reflector::store();
         let (daemon_sets, ds_w) = reflector::store();
         let (pods, pods_w) = reflector::store();
-        let by_name = watcher::Config::default().fields(&format!("metadata.name={NODE_INSTALLER}"));
+        let by_name = initial_list
+            .watcher_config()
+            .fields(&format!("metadata.name={NODE_INSTALLER}"));
         let selector = crate::plan::installer_objects::pod_selector_labels()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -552,7 +568,7 @@ impl InstallerWatches {
                 pods_w,
                 watcher::watcher(
                     Api::<Pod>::namespaced(client.clone(), namespace),
-                    watcher::Config::default().labels(&selector),
+                    initial_list.watcher_config().labels(&selector),
                 )
                 .modify(|p: &mut Pod| p.managed_fields_mut().clear()),
                 installer_pod_fingerprint,

@@ -77,7 +77,7 @@ mod tests {
         l.insert("node-role.kubernetes.io/worker".into(), String::new());
         NodeInfo {
             name: name.into(),
-            labels: l,
+            labels: l.into(),
             ..Default::default()
         }
     }

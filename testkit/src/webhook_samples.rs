@@ -103,7 +103,11 @@ pub fn populate(w: &mut CacheWriters) {
     })
     .collect();
     initial_list(&mut w.namespaces, namespaces);
-    initial_list(&mut w.nodes, nodes);
+    w.nodes.apply_watcher_event(&Event::Init);
+    for n in nodes {
+        w.nodes.apply_watcher_event(&Event::InitApply(n));
+    }
+    w.nodes.apply_watcher_event(&Event::InitDone);
     initial_list(&mut w.runtime_classes, vec![kata_runtime_class()]);
     initial_list(&mut w.kataconfigs, vec![kataconfig("allow")]);
 }

@@ -42,6 +42,8 @@ struct RequestInfo {
     target: Target,
     verb: &'static str,
     content_type: String,
+    /// `Accept: ...;as=PartialObjectMetadata`: answer with metadata only.
+    metadata_only: bool,
 }
 
 impl RequestInfo {
@@ -117,6 +119,18 @@ fn patch_type_of(content_type: &str) -> &'static str {
         c if c.starts_with("application/json-patch") => "json",
         c if c.starts_with("application/strategic-merge-patch") => "strategic",
         _ => "unknown",
+    }
+}
+
+/// An object (or a list of them) as a metadata-only request gets it.
+pub(super) fn metadata_only(v: serde_json::Value) -> serde_json::Value {
+    let partial = |o: &serde_json::Value| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]});
+    match v["items"].as_array() {
+        Some(items) => json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": v["metadata"], "items": items.iter().map(partial).collect::<Vec<_>>(),
+        }),
+        None => partial(&v),
     }
 }
 
@@ -262,9 +276,12 @@ impl FakeApi {
             Err(e) => return err_response(&err(400, format!("reading body: {e}"))),
         };
         if verb == "watch" {
-            return self.watch(target, &info.query);
+            return self.watch(target, &info.query, info.metadata_only);
         }
         match self.handle(&info, &bytes, &ctx) {
+            Ok((code, v)) if info.metadata_only && matches!(verb, "get" | "list") => {
+                full(code, &metadata_only(v))
+            }
             Ok((code, v)) => full(code, &v),
             Err(e) => err_response(&e),
         }
@@ -308,12 +325,18 @@ impl FakeApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
+        let metadata_only = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
         Ok(RequestInfo {
             path,
             query,
             target,
             verb,
             content_type,
+            metadata_only,
         })
     }
 

@@ -14,8 +14,12 @@
 //!
 //! Deliberate approximations (documented so tests do not rely on them):
 //! - server-side apply deep-merges the applied object into the existing one (maps merge, lists
-//!   replace, null deletes) and records the manager in `managedFields` without field sets; fields a
-//!   manager stops applying are not removed and there is no conflict detection (`force` is moot);
+//!   replace, null deletes); every write records its manager in `managedFields` with the field
+//!   set of what it wrote (FieldsV1 `f:` keys, lists as leaves, none for a JSON patch), about as
+//!   large as the real server's; fields a manager stops applying are not removed and there is no
+//!   conflict detection (`force` is moot);
+//! - metadata-only requests (`Accept: ...;as=PartialObjectMetadata`) get metadata only, as from
+//!   the real server;
 //! - strategic merge patch is treated as a JSON merge patch;
 //! - namespaces are not required to exist, and deleting a namespace does not empty it;
 //! - garbage collection is immediate and background-style (a dependent goes when all its owners

@@ -152,7 +152,12 @@ fn live_events(
 }
 
 impl FakeApi {
-    pub(super) fn watch(&self, t: &Target, q: &BTreeMap<String, String>) -> Response<FakeBody> {
+    pub(super) fn watch(
+        &self,
+        t: &Target,
+        q: &BTreeMap<String, String>,
+        metadata_only: bool,
+    ) -> Response<FakeBody> {
         let filter = match Filter::from_query(q) {
             Ok(f) => f,
             Err(e) => return err_response(&e),
@@ -173,8 +178,13 @@ impl FakeApi {
         let events = futures::stream::iter(initial.into_iter().map(Ok))
             .chain(live_events(rx, scope))
             .take_until(tokio::time::sleep(Duration::from_secs(wq.timeout)))
-            .map(|ev| {
-                ev.map(|ev| {
+            .map(move |ev| {
+                ev.map(|mut ev| {
+                    if metadata_only
+                        && matches!(ev["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED"))
+                    {
+                        ev["object"] = super::dispatch::metadata_only(ev["object"].take());
+                    }
                     let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                     line.push(b'\n');
                     http_body::Frame::data(Bytes::from(line))

@@ -69,12 +69,12 @@ fn record_manager(
     operation: &str,
     api_version: &str,
     sub: Option<&str>,
+    written: &Value,
 ) {
-    let entry = json!({
+    let mut entry = json!({
         "manager": manager, "operation": operation, "apiVersion": api_version,
-        "time": now(), "fieldsType": "FieldsV1", "fieldsV1": {},
+        "time": now(), "fieldsType": "FieldsV1", "fieldsV1": field_set(written, true),
     });
-    let mut entry = entry;
     if let Some(s) = sub {
         entry["subresource"] = json!(s);
     }
@@ -88,9 +88,63 @@ fn record_manager(
                 && e["operation"] == entry["operation"]
                 && e["subresource"] == entry["subresource"]
         };
-        // Keep the existing entry (and its time) so a no-op write stays a no-op.
-        if !arr.iter().any(same) {
-            arr.push(entry);
+        match arr.iter_mut().find(|e| same(e)) {
+            // Keep the existing entry's time, so a no-op write stays a no-op; add new fields.
+            Some(e) => merge_field_sets(&mut e["fieldsV1"], &entry["fieldsV1"]),
+            None => arr.push(entry),
+        }
+    }
+}
+
+/// The FieldsV1 set of the fields a write sets (`f:<name>` per object key, leaves `{}`),
+/// without the fields the server owns; as large as the real server's for the same write.
+fn field_set(v: &Value, top: bool) -> Value {
+    const SERVER_OWNED: [&str; 7] = [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ];
+    let Some(m) = v.as_object() else {
+        return json!({});
+    };
+    let mut out = serde_json::Map::new();
+    for (k, child) in m {
+        if top && (k == "apiVersion" || k == "kind") {
+            continue;
+        }
+        if k == "metadata" && top {
+            let mut meta = child.clone();
+            if let Some(mm) = meta.as_object_mut() {
+                mm.retain(|k, _| !SERVER_OWNED.contains(&k.as_str()));
+            }
+            if meta.as_object().is_some_and(|m| !m.is_empty()) {
+                out.insert("f:metadata".into(), field_set(&meta, false));
+            }
+            continue;
+        }
+        let mut set = field_set(child, false);
+        if child.as_object().is_some_and(|c| !c.is_empty()) {
+            set["."] = json!({});
+        }
+        out.insert(format!("f:{k}"), set);
+    }
+    Value::Object(out)
+}
+
+fn merge_field_sets(into: &mut Value, from: &Value) {
+    let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else {
+        return;
+    };
+    for (k, v) in from {
+        match into.get_mut(k) {
+            Some(existing) => merge_field_sets(existing, v),
+            None => {
+                into.insert(k.clone(), v.clone());
+            }
         }
     }
 }
@@ -322,7 +376,8 @@ impl FakeApi {
         drop_status(t, &mut obj);
         drop_key(&mut obj["metadata"], "resourceVersion");
         if let Some(fm) = q.get("fieldManager") {
-            record_manager(&mut obj, fm, "Update", &t.res.api_version(), None);
+            let written = obj.clone();
+            record_manager(&mut obj, fm, "Update", &t.res.api_version(), None, &written);
         }
         st.admit_owner_references(ctx, t, &name, None, &obj)?;
         st.admit_admission_params(ctx, t, &name, None, &obj)?;
@@ -369,7 +424,22 @@ impl FakeApi {
         }
         if let Some(fm) = q.get("fieldManager").filter(|f| !f.is_empty()) {
             let op = if w.apply { "Apply" } else { "Update" };
-            record_manager(&mut new, fm, op, &t.res.api_version(), t.sub.as_deref());
+            // What this write sets: the patch itself, or the whole object of a PUT.
+            let written = match serde_json::from_slice::<Value>(bytes) {
+                Ok(v) if status_sub => json!({"status": v["status"]}),
+                Ok(v) if v.is_object() => v,
+                // A JSON patch (a list of operations): the server's diff is not modelled.
+                Ok(_) => json!({}),
+                Err(_) => new.clone(),
+            };
+            record_manager(
+                &mut new,
+                fm,
+                op,
+                &t.res.api_version(),
+                t.sub.as_deref(),
+                &written,
+            );
         }
         if !status_sub {
             st.admit_owner_references(ctx, t, &w.name, existing.as_ref(), &new)?;
