@@ -6,8 +6,9 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::ResourceExt;
 
 use crate::api::{Backend, KataConfigStatus};
-use crate::names::RUNTIME_CLASS;
+use crate::names::{KATA_ROLE_LABEL, RUNTIME_CLASS};
 use crate::plan::progress::Progress;
+use crate::plan::{LabelChange, NodeInfo};
 
 use super::report::{Report, degraded_condition, finish};
 use crate::reconciler::action::{Action, Decision, Desired, Outcome};
@@ -270,5 +271,90 @@ pub(super) fn finalize(obs: &Observed, mut last: Vec<Action>) -> Decision {
         last,
         None,
         vec![EventSpec::normal(events::UNINSTALLED, note)],
+    )
+}
+
+/// Label changes for the selection, and the nodes as they will be once those land. Nodes leave
+/// at once; they join only when `join_now` (the MCO backend waits for the kata pool to render).
+pub(super) fn move_nodes(
+    obs: &Observed,
+    changes: &[LabelChange],
+    join_now: bool,
+    actions: &mut Vec<Action>,
+) -> Vec<NodeInfo> {
+    let mut nodes = obs.nodes.clone();
+    for change in changes {
+        match change {
+            LabelChange::Add { node, .. } => {
+                if join_now {
+                    actions.push(Action::LabelNode(node.clone()));
+                }
+                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
+                    n.labels.insert(KATA_ROLE_LABEL.to_string(), String::new());
+                }
+            }
+            LabelChange::Remove { node, .. } => {
+                actions.push(Action::UnlabelNode(node.clone()));
+                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
+                    n.labels.remove(KATA_ROLE_LABEL);
+                }
+            }
+        }
+    }
+    nodes
+}
+
+/// The head of every progress message: how far the install is, and the nodes of each list.
+pub(super) fn progress_parts(p: &Progress, uninstalling: bool) -> Vec<String> {
+    let n = &p.nodes;
+    let mut parts = Vec::new();
+    if uninstalling {
+        parts.push("removing kata".to_string());
+    } else {
+        parts.push(format!(
+            "kata is installed on {} of {} node(s)",
+            n.ready_node_count, n.node_count
+        ));
+    }
+    let lists: [(&str, &Vec<String>); 6] = [
+        ("installing", &n.installing),
+        ("waiting to install", &n.waiting_to_install),
+        ("failed to install (see Degraded)", &n.failed_to_install),
+        ("uninstalling", &n.uninstalling),
+        ("waiting to uninstall", &n.waiting_to_uninstall),
+        ("failed to uninstall (see Degraded)", &n.failed_to_uninstall),
+    ];
+    for (label, list) in lists {
+        if !list.is_empty() {
+            parts.push(format!("{label}: {}", status::name_list(list, 10)));
+        }
+    }
+    parts
+}
+
+/// An uninstall still under way: `actions` now, progress in `msg`.
+pub(super) fn uninstalling(
+    obs: &Observed,
+    backend: Backend,
+    progress: &Progress,
+    msg: String,
+    actions: Vec<Action>,
+) -> Decision {
+    let report = Report {
+        backend: Some(backend),
+        runtime_classes: Vec::new(),
+        kata_nodes: progress.nodes.clone(),
+        conditions: vec![
+            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
+            Wanted::new(READY, false, reason::UNINSTALLING, msg),
+            degraded_condition(progress),
+        ],
+    };
+    finish(
+        obs,
+        Outcome::Uninstalling,
+        actions,
+        Some(report),
+        Vec::new(),
     )
 }

@@ -5,15 +5,15 @@
 use kube::ResourceExt;
 
 use crate::api::Backend;
-use crate::names::{CONTAINER_RUNTIME_CONFIG, KATA_POOL, KATA_ROLE_LABEL, WORKER_POOL};
+use crate::names::{CONTAINER_RUNTIME_CONFIG, KATA_POOL, WORKER_POOL};
+use crate::plan;
 use crate::plan::progress::{self, ProgressInput};
-use crate::plan::{self, LabelChange, NodeInfo};
 
 use super::pools::{pool_render, pool_updated, progress_message};
 use crate::reconciler::action::{Action, Decision, Desired, Kind};
 use crate::reconciler::decide::report::{Report, finish, namespace_policy_condition};
 use crate::reconciler::decide::steps::{
-    Writes, drift_event, install_conditions, keep_runtime_class,
+    Writes, drift_event, install_conditions, keep_runtime_class, move_nodes,
 };
 use crate::reconciler::diff::needs_apply;
 use crate::reconciler::observe::Observed;
@@ -29,7 +29,11 @@ pub(in crate::reconciler::decide) fn decide_install(
         writes.actions.push(Action::AddFinalizer);
     }
     apply_machine_config_objects(obs, &desired, &mut writes);
-    let nodes = move_nodes(obs, &desired, &mut writes.actions);
+    // Nodes join `kata-oc` only once the MCO has rendered it with both kata MachineConfigs, so
+    // no node starts an update to an intermediate rendering: one reboot per node.
+    let pool_renders_kata = pool_render(obs, KATA_POOL).is_some_and(|r| r.has_kata);
+    let changes = &desired.selection.label_changes;
+    let nodes = move_nodes(obs, changes, pool_renders_kata, &mut writes.actions);
     let pool_name = desired.pool_name();
     let progress = progress::classify(
         &nodes,
@@ -95,43 +99,12 @@ fn apply_machine_config_objects(obs: &Observed, desired: &plan::DesiredState, wr
     }
 }
 
-/// Label changes for the selection, and the nodes as they will be once those land (so a newly
-/// selected node shows up as waiting at once instead of after the next event). Nodes join
-/// `kata-oc` only once the MCO has rendered it with both kata MachineConfigs, so no node starts
-/// an update to an intermediate rendering: one reboot per node.
-fn move_nodes(
-    obs: &Observed,
-    desired: &plan::DesiredState,
-    actions: &mut Vec<Action>,
-) -> Vec<NodeInfo> {
-    let mut nodes = obs.nodes.clone();
-    let pool_renders_kata = pool_render(obs, KATA_POOL).is_some_and(|r| r.has_kata);
-    for change in &desired.selection.label_changes {
-        match change {
-            LabelChange::Add { node, .. } => {
-                if pool_renders_kata {
-                    actions.push(Action::LabelNode(node.clone()));
-                }
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
-                    n.labels.insert(KATA_ROLE_LABEL.to_string(), String::new());
-                }
-            }
-            LabelChange::Remove { node, .. } => {
-                actions.push(Action::UnlabelNode(node.clone()));
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
-                    n.labels.remove(KATA_ROLE_LABEL);
-                }
-            }
-        }
-    }
-    nodes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::mco::{ObjectReferenceLite, PoolConfiguration};
     use crate::names::{CRIO_DROPIN_MC, EXTENSION_MC, MCO_REASON, MCO_STATE};
+    use crate::plan::NodeInfo;
     use crate::reconciler::action::Outcome;
     use crate::reconciler::decide::decide;
     use crate::reconciler::events;

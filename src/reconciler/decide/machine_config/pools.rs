@@ -3,8 +3,8 @@
 use crate::names::WORKER_POOL;
 use crate::plan::Topology;
 use crate::plan::progress::{PoolRender, Progress};
+use crate::reconciler::decide::steps::progress_parts;
 use crate::reconciler::observe::Observed;
-use crate::reconciler::status;
 
 pub(super) fn pool_render(obs: &Observed, name: &str) -> Option<PoolRender> {
     obs.pools.get(name).and_then(PoolRender::of)
@@ -26,29 +26,7 @@ pub(super) fn progress_message(
     topology: Topology,
     uninstalling: bool,
 ) -> String {
-    let n = &p.nodes;
-    let mut parts = Vec::new();
-    if uninstalling {
-        parts.push("removing kata".to_string());
-    } else {
-        parts.push(format!(
-            "kata is installed on {} of {} node(s)",
-            n.ready_node_count, n.node_count
-        ));
-    }
-    let lists: [(&str, &Vec<String>); 6] = [
-        ("installing", &n.installing),
-        ("waiting to install", &n.waiting_to_install),
-        ("failed to install (see Degraded)", &n.failed_to_install),
-        ("uninstalling", &n.uninstalling),
-        ("waiting to uninstall", &n.waiting_to_uninstall),
-        ("failed to uninstall (see Degraded)", &n.failed_to_uninstall),
-    ];
-    for (label, list) in lists {
-        if !list.is_empty() {
-            parts.push(format!("{label}: {}", status::name_list(list, 10)));
-        }
-    }
+    let mut parts = progress_parts(p, uninstalling);
     let pool_label = match topology {
         Topology::Regular if uninstalling => WORKER_POOL,
         _ => pool_name,

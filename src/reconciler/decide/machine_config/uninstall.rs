@@ -14,13 +14,11 @@ use crate::plan::Topology;
 use crate::plan::progress::{self, ProgressInput};
 
 use super::pools::{pool_render, progress_message};
-use crate::reconciler::action::{Action, Decision, Kind, Outcome};
-use crate::reconciler::decide::report::{Report, degraded_condition, finish};
+use crate::reconciler::action::{Action, Decision, Kind};
 use crate::reconciler::decide::steps::{
-    blocked, blocking_pods, checking_pods, finalize, managed_runtime_classes,
+    blocked, blocking_pods, checking_pods, finalize, managed_runtime_classes, uninstalling,
 };
 use crate::reconciler::observe::Observed;
-use crate::reconciler::status::{IN_PROGRESS, READY, Wanted, reason};
 
 pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decision {
     let old = obs.kata_config.status.clone().unwrap_or_default();
@@ -50,23 +48,7 @@ pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decisio
         return finalize(obs, pool.into_iter().collect());
     }
     let msg = progress_message(&prog, obs, topology.pool_name(), topology, true);
-    let report = Report {
-        backend: Some(Backend::MachineConfig),
-        runtime_classes: Vec::new(),
-        kata_nodes: prog.nodes.clone(),
-        conditions: vec![
-            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
-            Wanted::new(READY, false, reason::UNINSTALLING, msg),
-            degraded_condition(&prog),
-        ],
-    };
-    finish(
-        obs,
-        Outcome::Uninstalling,
-        actions,
-        Some(report),
-        Vec::new(),
-    )
+    uninstalling(obs, Backend::MachineConfig, &prog, msg, actions)
 }
 
 /// Everything that still exists goes in one step. Labels first: nodes leave `kata-oc` for
@@ -125,12 +107,14 @@ fn back_on_plain_rendering(obs: &Observed, topology: Topology) -> bool {
 mod tests {
     use super::*;
     use crate::names::{FINALIZER, MCO_CURRENT_CONFIG, MCO_REASON, MCO_STATE};
+    use crate::reconciler::action::Outcome;
     use crate::reconciler::decide::decide as decide_any;
     use crate::reconciler::fixtures::{
         apply_all, apply_one, converge, kc, mco_settle, now, observed, worker,
     };
     use crate::reconciler::observe::PodInfo;
     use crate::reconciler::status;
+    use crate::reconciler::status::IN_PROGRESS;
     use serde_json::json;
 
     fn pod(ns: &str, name: &str, rc: &str, phase: &str) -> PodInfo {

@@ -4,15 +4,13 @@
 //! progress node by node.
 
 use crate::api::Backend;
-use crate::names::KATA_ROLE_LABEL;
 use crate::plan::node_installer::{self, InstallerState};
-use crate::plan::{LabelChange, NodeInfo};
 
 use super::progress_words::progress_message;
 use crate::reconciler::action::{Action, Decision, Desired};
 use crate::reconciler::decide::report::{Report, finish, namespace_policy_condition};
 use crate::reconciler::decide::steps::{
-    Writes, drift_event, install_conditions, keep_runtime_class,
+    Writes, drift_event, install_conditions, keep_runtime_class, move_nodes,
 };
 use crate::reconciler::diff::needs_apply;
 use crate::reconciler::observe::Observed;
@@ -37,7 +35,9 @@ pub(in crate::reconciler::decide) fn decide_install(
         let d = Desired::DaemonSet(Box::new(desired.daemon_set.clone()));
         writes.repair(obs, d, seen.is_some());
     }
-    let nodes = move_nodes(obs, &desired, &mut writes.actions);
+    // The DaemonSet's node selector is the label, so labelling a node is what starts its install.
+    let changes = &desired.selection.label_changes;
+    let nodes = move_nodes(obs, changes, true, &mut writes.actions);
     let progress = node_installer::classify(&nodes, &obs.installer.pods, false);
     let kata_nodes = &desired.selection.kata_nodes;
     let complete = !writes.pending()
@@ -58,33 +58,6 @@ pub(in crate::reconciler::decide) fn decide_install(
         conditions,
     };
     finish(obs, outcome, writes.actions, Some(report), extra)
-}
-
-/// Label changes for the selection, and the nodes as they will be once those land. The
-/// DaemonSet's node selector is the label, so labelling a node is what starts its install.
-fn move_nodes(
-    obs: &Observed,
-    desired: &InstallerState,
-    actions: &mut Vec<Action>,
-) -> Vec<NodeInfo> {
-    let mut nodes = obs.nodes.clone();
-    for change in &desired.selection.label_changes {
-        match change {
-            LabelChange::Add { node, .. } => {
-                actions.push(Action::LabelNode(node.clone()));
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
-                    n.labels.insert(KATA_ROLE_LABEL.to_string(), String::new());
-                }
-            }
-            LabelChange::Remove { node, .. } => {
-                actions.push(Action::UnlabelNode(node.clone()));
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
-                    n.labels.remove(KATA_ROLE_LABEL);
-                }
-            }
-        }
-    }
-    nodes
 }
 
 #[cfg(test)]

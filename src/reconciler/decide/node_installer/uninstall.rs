@@ -13,13 +13,11 @@ use crate::names::{KATA_ROLE_LABEL, KATA_RUNTIME_LABEL, NODE_INSTALLER, RUNTIME_
 use crate::plan::node_installer;
 
 use super::progress_words::progress_message;
-use crate::reconciler::action::{Action, Decision, Kind, Outcome};
-use crate::reconciler::decide::report::{Report, degraded_condition, finish};
+use crate::reconciler::action::{Action, Decision, Kind};
 use crate::reconciler::decide::steps::{
-    blocked, blocking_pods, checking_pods, finalize, managed_runtime_classes,
+    blocked, blocking_pods, checking_pods, finalize, managed_runtime_classes, uninstalling,
 };
 use crate::reconciler::observe::Observed;
-use crate::reconciler::status::{IN_PROGRESS, READY, Wanted, reason};
 
 pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decision {
     let old = obs.kata_config.status.clone().unwrap_or_default();
@@ -62,23 +60,7 @@ pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decisio
         return finalize(obs, daemon_set.into_iter().chain(config_map).collect());
     }
     let msg = progress_message(&progress, obs, true);
-    let report = Report {
-        backend: Some(Backend::NodeInstaller),
-        runtime_classes: Vec::new(),
-        kata_nodes: progress.nodes.clone(),
-        conditions: vec![
-            Wanted::new(IN_PROGRESS, true, reason::UNINSTALLING, msg.clone()),
-            Wanted::new(READY, false, reason::UNINSTALLING, msg),
-            degraded_condition(&progress),
-        ],
-    };
-    finish(
-        obs,
-        Outcome::Uninstalling,
-        actions,
-        Some(report),
-        Vec::new(),
-    )
+    uninstalling(obs, Backend::NodeInstaller, &progress, msg, actions)
 }
 
 #[cfg(test)]
