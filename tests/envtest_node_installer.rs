@@ -43,7 +43,7 @@ fn heartbeat(client: Client, names: Vec<String>, stop: CancellationToken) {
     tokio::spawn(async move {
         let nodes: Api<Node> = Api::all(client);
         loop {
-            let now = chrono_now();
+            let now = rfc3339_now();
             let status = json!({"status": {"conditions": [{
                 "type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "kubelet is posting ready status",
@@ -62,7 +62,7 @@ fn heartbeat(client: Client, names: Vec<String>, stop: CancellationToken) {
     });
 }
 
-fn chrono_now() -> String {
+fn rfc3339_now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -200,6 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_installer_image_names_the_field_and_the_fix() {
+        let e = validate_spec(&kc(json!({"nodeInstaller": {"image": "  "}})).spec)
+            .expect_err("blank image");
+        assert_eq!(
+            e.to_string(),
+            "spec.nodeInstaller.image: must name an image; remove the field to use the pinned kata-deploy image"
+        );
+    }
+
+    #[test]
     fn regular_cluster_gets_pool_two_mcs_and_runtime_class() {
         let nodes = vec![master("m0", false), worker("w0", &[]), worker("w1", &[])];
         let d = desired_state(&kc(json!({})), &nodes).expect("valid");

@@ -63,7 +63,7 @@ pub(in crate::reconciler::decide) fn decide_install(
 #[cfg(test)]
 mod tests {
     use crate::api::Backend;
-    use crate::names::{KATA_ROLE_LABEL, KATA_RUNTIME_LABEL, NODE_INSTALLER};
+    use crate::names::{KATA_ROLE_LABEL, KATA_RUNTIME_LABEL};
     use crate::reconciler::action::{Action, Desired, Outcome};
     use crate::reconciler::decide::decide;
     use crate::reconciler::events;
@@ -272,7 +272,6 @@ mod tests {
             installer_settle(&mut obs, &[]);
             assert!(decide(&obs).actions.is_empty(), "{what} repaired");
         }
-        let _ = NODE_INSTALLER;
     }
 
     #[test]
