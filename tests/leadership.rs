@@ -389,6 +389,7 @@ async fn a_leader_that_cannot_renew_writes_nothing_after_its_renew_deadline_thou
     fake.inject(Fault {
         verb: None,
         resource: Some("leases".into()),
+        client: None,
         kind: FaultKind::Status(503),
         times: usize::MAX,
     });

@@ -1039,32 +1039,29 @@ async fn invalid_spec_is_reported_and_a_fix_resumes() {
 async fn api_errors_back_off_and_converge() {
     let c = cluster(3).await;
     let op = c.start_operator();
-    c.api.inject(Fault::on(
-        "patch",
-        "machineconfigs",
-        FaultKind::Status(500),
-        3,
-    ));
+    c.api.inject(
+        Fault::on("patch", "machineconfigs", FaultKind::Status(500), 3).from_client("operator"),
+    );
     c.api
-        .inject(Fault::on("patch", "nodes", FaultKind::Status(429), 2));
-    c.api.inject(Fault::on(
-        "patch",
-        "machineconfigpools",
-        FaultKind::Timeout(Duration::from_secs(3)),
-        1,
-    ));
+        .inject(Fault::on("patch", "nodes", FaultKind::Status(429), 2).from_client("operator"));
+    c.api.inject(
+        Fault::on(
+            "patch",
+            "machineconfigpools",
+            FaultKind::Timeout(Duration::from_secs(3)),
+            1,
+        )
+        .from_client("operator"),
+    );
     c.create_kc("example", json!({"logLevel": "debug"})).await;
     c.wait("some progress", |c| {
         (!c.kata_labelled().is_empty()).then_some(())
     })
     .await;
     c.api.inject(Fault::any(FaultKind::CloseWatches, 1));
-    c.api.inject(Fault::on(
-        "patch",
-        "runtimeclasses",
-        FaultKind::Status(503),
-        2,
-    ));
+    c.api.inject(
+        Fault::on("patch", "runtimeclasses", FaultKind::Status(503), 2).from_client("operator"),
+    );
     c.wait_ready("example").await;
     let errors = |cat: &str| op.metrics.api_errors.with_label_values(&[cat]).get();
     assert!(errors("server") >= 1, "500s counted");

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use sandboxed_containers_operator::api::mco::PoolConfiguration;
@@ -36,6 +36,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const MC_API_VERSION: &str = "machineconfiguration.openshift.io/v1";
+
+/// What the simulator reads of a node: its labels (pool membership) and MCO annotations. A
+/// metadata-only watch, as the MCO's own node informer needs nothing of `spec` or `status`.
+type NodeMeta = PartialObjectMeta<Node>;
+
+/// The per-node annotations the MCO owns; the only ones a pass looks at.
+const MCO_NODE_ANNOTATIONS: [&str; 4] = [
+    MCO_CURRENT_CONFIG,
+    MCO_DESIRED_CONFIG,
+    MCO_STATE,
+    MCO_REASON,
+];
+
+/// Events arriving closer together than this are folded into one pass: a watch that replays
+/// thousands of changes (after it lagged) must not cost one pass over every node per change.
+const BATCH_GAP: Duration = Duration::from_millis(2);
+/// ...but a steady trickle of events still gets a pass this often.
+const BATCH_MAX: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -224,7 +242,10 @@ fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bo
 }
 
 /// The pool a node belongs to: master first, then a custom pool, then worker (MCO rule).
-fn pool_of<'a>(node: &Node, pools: &'a [Arc<MachineConfigPool>]) -> Option<&'a MachineConfigPool> {
+fn pool_of<'a>(
+    node: &NodeMeta,
+    pools: &'a [Arc<MachineConfigPool>],
+) -> Option<&'a MachineConfigPool> {
     let labels = node.labels();
     let mut matching: Vec<&MachineConfigPool> = pools
         .iter()
@@ -263,7 +284,7 @@ impl Sim {
     async fn run(mut self, notify: Arc<Notify>, cancel: CancellationToken) {
         let (pools, pw) = reflector::store::<MachineConfigPool>();
         let (mcs, mw) = reflector::store::<MachineConfig>();
-        let (nodes, nw) = reflector::store::<Node>();
+        let (nodes, nw) = reflector::store::<NodeMeta>();
         let cfg = watcher::Config::default();
         let c = &self.client;
         let s1 = reflector(
@@ -280,7 +301,7 @@ impl Sim {
         .default_backoff()
         .map(move |r| (1usize, is_init_done(&r)))
         .boxed();
-        let s3 = reflector(nw, watcher(Api::<Node>::all(c.clone()), cfg.clone()))
+        let s3 = reflector(nw, watcher(Api::<NodeMeta>::all(c.clone()), cfg.clone()))
             .default_backoff()
             .map(move |r| (2usize, is_init_done(&r)))
             .boxed();
@@ -313,9 +334,14 @@ impl Sim {
                 _ = sleep => {}
                 _ = notify.notified() => {}
             }
-            // Batch whatever else is already queued before acting.
-            while let Some(Some((i, done))) = events.next().now_or_never() {
-                ready[i] |= done;
+            // Batch what arrives right behind this wake-up before acting.
+            let batch = Instant::now();
+            while batch.elapsed() < BATCH_MAX {
+                match tokio::time::timeout(BATCH_GAP, events.next()).await {
+                    Ok(Some((i, done))) => ready[i] |= done,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
             }
             if !ready.iter().all(|r| *r) {
                 continue;
@@ -424,8 +450,12 @@ impl Sim {
     }
 
     /// A node's MCO annotations, with our own not-yet-observed writes on top.
-    fn annotations(&mut self, node: &Node) -> BTreeMap<String, String> {
-        let mut ann = node.annotations().clone();
+    fn annotations(&mut self, node: &NodeMeta) -> BTreeMap<String, String> {
+        let all = node.annotations();
+        let mut ann: BTreeMap<String, String> = MCO_NODE_ANNOTATIONS
+            .iter()
+            .filter_map(|k| all.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
         let name = node.name_any();
         if let Some((rv, wrote)) = self.overlay.get(&name) {
             let seen_rv = node.resource_version().and_then(|r| r.parse::<u64>().ok());
@@ -459,12 +489,22 @@ impl Sim {
         &mut self,
         pools: &[Arc<MachineConfigPool>],
         mcs: &[Arc<MachineConfig>],
-        nodes: &[Arc<Node>],
+        nodes: &[Arc<NodeMeta>],
     ) -> anyhow::Result<()> {
         let pool_api = Api::<MachineConfigPool>::all(self.client.clone());
         let degraded = lock(&self.shared).degraded.clone();
         let mut result = Ok(());
         let mut seen = HashSet::new();
+        // Each node's pool, found once per pass (not once per pool), members sorted by name.
+        let mut by_pool: HashMap<String, Vec<&NodeMeta>> = HashMap::new();
+        for n in nodes {
+            if let Some(p) = pool_of(n, pools) {
+                by_pool.entry(p.name_any()).or_default().push(n.as_ref());
+            }
+        }
+        for members in by_pool.values_mut() {
+            members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
         for pool in pools {
             let pname = pool.name_any();
             // Render: the pool's MachineConfigs, by its selector.
@@ -483,36 +523,41 @@ impl Sim {
             // Compare typed, so an empty source list and an absent one are the same rendering.
             let wanted: Option<PoolConfiguration> =
                 serde_json::from_value(configuration.clone()).ok();
-            let stale = pool.spec.configuration != wanted;
-            if stale
-                && let Err(e) = pool_api
+            // After writing the rendering, the status is for the pool as written (its new
+            // generation), not for the cached one.
+            let written;
+            let pool: &MachineConfigPool = if pool.spec.configuration != wanted {
+                match pool_api
                     .patch(
                         &pname,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"spec": {"configuration": configuration}})),
                     )
                     .await
-            {
-                result =
-                    Err(e).with_context(|| format!("write spec.configuration of pool {pname}"));
-                continue;
-            }
-            // The pool's nodes, by name.
-            let mut members: Vec<&Node> = nodes
-                .iter()
-                .map(|n| n.as_ref())
-                .filter(|n| pool_of(n, pools).is_some_and(|p| p.name_any() == pname))
-                .collect();
-            members.sort_by_key(|n| n.name_any());
+                {
+                    Ok(p) => {
+                        written = p;
+                        &written
+                    }
+                    Err(e) => {
+                        result = Err(e)
+                            .with_context(|| format!("write spec.configuration of pool {pname}"));
+                        continue;
+                    }
+                }
+            } else {
+                pool
+            };
+            let members: &[&NodeMeta] = by_pool.get(&pname).map_or(&[], Vec::as_slice);
             seen.extend(members.iter().map(|n| n.name_any()));
             if let Err(e) = self
-                .walk(&members, &target, pool.spec.paused == Some(true), &degraded)
+                .walk(members, &target, pool.spec.paused == Some(true), &degraded)
                 .await
             {
                 result = Err(e);
             }
             let mut counts = Counts::default();
-            for n in &members {
+            for n in members {
                 let ann = self.annotations(n);
                 counts.add(
                     &n.name_any(),
@@ -545,7 +590,7 @@ impl Sim {
     /// Seed new nodes, finish the in-flight update when its step is over, start the next one.
     async fn walk(
         &mut self,
-        members: &[&Node],
+        members: &[&NodeMeta],
         target: &str,
         paused: bool,
         degraded: &HashMap<String, String>,

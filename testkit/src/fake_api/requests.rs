@@ -62,6 +62,8 @@ pub enum FaultKind {
 pub struct Fault {
     pub verb: Option<String>,
     pub resource: Option<String>,
+    /// Only requests of this client (`RequestRecord::client`); None = any client.
+    pub client: Option<String>,
     pub kind: FaultKind,
     pub times: usize,
 }
@@ -72,6 +74,7 @@ impl Fault {
         Fault {
             verb: None,
             resource: None,
+            client: None,
             kind,
             times,
         }
@@ -82,12 +85,20 @@ impl Fault {
         Fault {
             verb: Some(verb.into()),
             resource: Some(resource.into()),
+            client: None,
             kind,
             times,
         }
     }
+    /// Only requests of `client`, so a simulator writing the same resource cannot take the
+    /// fault meant for the operator.
+    pub fn from_client(mut self, client: &str) -> Self {
+        self.client = Some(client.into());
+        self
+    }
     fn matches(&self, rec: &RequestRecord) -> bool {
         self.verb.as_deref().is_none_or(|v| v == rec.verb)
+            && self.client.as_deref().is_none_or(|c| c == rec.client)
             && self
                 .resource
                 .as_deref()

@@ -590,6 +590,23 @@ async fn label_filtered_watch_turns_leaving_objects_into_deletes() {
 }
 
 #[tokio::test]
+async fn a_fault_for_one_client_leaves_other_clients_alone() {
+    let fake = FakeApi::unrestricted();
+    fake.insert(&cm("a", json!({})));
+    let operator: Api<ConfigMap> = Api::namespaced(fake.client_as("operator"), "ns1");
+    let sim: Api<ConfigMap> = Api::namespaced(fake.client_as("mco-sim"), "ns1");
+    fake.inject(Fault::on("get", "configmaps", FaultKind::Status(500), 1).from_client("operator"));
+    // The other client's request does not take the fault...
+    sim.get("a").await.expect("another client is not failed");
+    // ...so it is still there for the one it names.
+    assert_eq!(
+        api_code(operator.get("a").await.expect_err("500")),
+        (500, "InternalError".into())
+    );
+    operator.get("a").await.expect("the fault was used once");
+}
+
+#[tokio::test]
 async fn injected_faults_fail_the_next_matching_requests_only() {
     let fake = FakeApi::unrestricted();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
