@@ -38,7 +38,7 @@ fn cluster(n: usize) -> Vec<NodeInfo> {
                 ),
             ]);
             NodeInfo {
-                name: format!("worker-{i}"),
+                name: format!("worker-{i}").into(),
                 labels: labels.into(),
                 annotations: annotations.into(),
             }

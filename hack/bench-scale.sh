@@ -8,7 +8,8 @@
 #
 # Rows: a small-node cluster (5 labels, no annotations) at the first size, then realistic
 # nodes at every size; bytes per node is the slope of settled RSS between the two largest sizes.
-# OPERATOR=path benchmarks another operator binary (e.g. one built from an older commit).
+# OPERATOR=path benchmarks another operator binary (e.g. one built from an older commit);
+# FAKE_APISERVER=path uses a fake-apiserver already built (neither is rebuilt then).
 # Loopback only; every loop in the bench is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,15 +27,26 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-cargo build --release -p sandboxed-containers-operator --bin sandboxed-containers-operator >&2
-cargo build --release -p sandboxed-containers-operator-testkit --bin fake-apiserver >&2
-OPERATOR="${OPERATOR:-$PWD/target/release/sandboxed-containers-operator}"
+# The binaries under test; a path given in the environment is used as it is (not rebuilt).
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+if [ -z "${OPERATOR:-}" ]; then
+    cargo build --release -p sandboxed-containers-operator --bin sandboxed-containers-operator >&2
+    OPERATOR="$TARGET/release/sandboxed-containers-operator"
+fi
+if [ -z "${FAKE_APISERVER:-}" ]; then
+    cargo build --release -p sandboxed-containers-operator-testkit --bin fake-apiserver >&2
+    FAKE_APISERVER="$TARGET/release/fake-apiserver"
+fi
+for bin in "$OPERATOR" "$FAKE_APISERVER"; do
+    [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
+done
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 run() { # name, args...
     local name=$1; shift
     echo "== $name: $*" >&2
-    cargo bench --bench operator_alone -- --operator "$OPERATOR" "$@" "${EXTRA[@]}" | tee "$OUT/$name" >&2
+    cargo bench --bench operator_alone -- --operator "$OPERATOR" --fake-apiserver "$FAKE_APISERVER" \
+        "$@" "${EXTRA[@]}" | tee "$OUT/$name" >&2
 }
 first=${SIZES%% *}
 for server in $SERVERS; do

@@ -467,10 +467,10 @@ impl NodeWriter {
             Event::Apply(n) => {
                 let record = self.record(n);
                 let mut nodes = self.write();
-                if nodes.get(&record.name) == Some(&record) {
+                if nodes.get(&*record.name) == Some(&record) {
                     return false;
                 }
-                nodes.insert(record.name.clone(), record);
+                nodes.insert(record.name.to_string(), record);
                 drop(nodes);
                 self.strings.prune();
                 true
@@ -484,7 +484,7 @@ impl NodeWriter {
                 let record = self.record(n);
                 self.relist
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(record.name.clone(), record);
+                    .insert(record.name.to_string(), record);
                 false
             }
             Event::InitDone => {
@@ -819,7 +819,8 @@ mod tests {
         )));
         assert!(w.nodes.apply_watcher_event(&Event::InitDone));
         let nodes = cache.nodes();
-        let kept: Vec<&str> = nodes[0].annotations.keys().collect();
+        let mut kept: Vec<&str> = nodes[0].annotations.keys().collect();
+        kept.sort_unstable();
         let mut want = NODE_ANNOTATIONS.to_vec();
         want.sort_unstable();
         assert_eq!(kept, want);

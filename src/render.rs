@@ -285,7 +285,7 @@ pub fn example_cluster() -> Vec<NodeInfo> {
     let mut nodes = Vec::new();
     for i in 0..3 {
         nodes.push(NodeInfo {
-            name: format!("master-{i}"),
+            name: format!("master-{i}").into(),
             labels: BTreeMap::from([
                 (MASTER_ROLE_LABEL.to_string(), String::new()),
                 (CONTROL_PLANE_ROLE_LABEL.to_string(), String::new()),
@@ -297,7 +297,7 @@ pub fn example_cluster() -> Vec<NodeInfo> {
     }
     for i in 0..3 {
         nodes.push(NodeInfo {
-            name: format!("worker-{i}"),
+            name: format!("worker-{i}").into(),
             labels: BTreeMap::from([
                 (WORKER_ROLE_LABEL.to_string(), String::new()),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),

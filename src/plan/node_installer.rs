@@ -79,7 +79,7 @@ pub fn classify(nodes: &[NodeInfo], pods: &[InstallerPod], uninstalling: bool) -
     let mut p = Progress::default();
     for node in nodes {
         let want = node.has_label(KATA_ROLE_LABEL) && !uninstalling;
-        let on_node: Vec<&InstallerPod> = pods.iter().filter(|p| p.node == node.name).collect();
+        let on_node: Vec<&InstallerPod> = pods.iter().filter(|p| *p.node == *node.name).collect();
         // A node can briefly run a terminating pod next to its replacement.
         let pod = on_node
             .iter()
@@ -90,7 +90,7 @@ pub fn classify(nodes: &[NodeInfo], pods: &[InstallerPod], uninstalling: bool) -
         if !(want || labelled || pod.is_some()) {
             continue;
         }
-        let name = node.name.clone();
+        let name = node.name.to_string();
         if want {
             p.nodes.node_count += 1;
             match pod {

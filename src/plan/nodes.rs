@@ -19,7 +19,8 @@ use crate::selector::{self, FieldError};
 /// the shared cache keeps per node. Cloning one copies a name and two pointers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeInfo {
-    pub name: String,
+    /// Shared: a snapshot of 5,000 nodes copies pointers, not names.
+    pub name: Arc<str>,
     pub labels: NodeLabels,
     /// The MCO's per-node state ([`NODE_ANNOTATIONS`]); other annotations are not kept.
     pub annotations: NodeLabels,
@@ -48,7 +49,7 @@ impl NodeInfo {
             .map(|(k, v)| (intern(k), intern(v)))
             .collect();
         NodeInfo {
-            name: meta.name.clone().unwrap_or_default(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
             labels: NodeLabels::from_pairs(labels),
             annotations: NodeLabels::from_pairs(annotations),
         }
@@ -85,7 +86,7 @@ pub struct NodeLabels(Arc<[(Arc<str>, Arc<str>)]>);
 impl NodeLabels {
     /// From pairs in any order (the last value of a repeated key wins).
     fn from_pairs(mut pairs: Vec<(Arc<str>, Arc<str>)>) -> Self {
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.sort_by(|a, b| key_order(&a.0, &b.0));
         pairs.dedup_by(|later, earlier| {
             let same = later.0 == earlier.0;
             if same {
@@ -97,7 +98,7 @@ impl NodeLabels {
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        self.0.binary_search_by(|(k, _)| key_order(k, key))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -139,7 +140,7 @@ impl NodeLabels {
         self.0.is_empty()
     }
 
-    /// The pairs in key order.
+    /// The pairs in storage order (by key length, then key).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
@@ -151,8 +152,18 @@ impl NodeLabels {
 
 impl std::fmt::Debug for NodeLabels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        let mut pairs: Vec<(&str, &str)> = self.iter().collect();
+        pairs.sort_unstable();
+        f.debug_map().entries(pairs).finish()
     }
+}
+
+/// The order pairs are stored and searched in: by length first, so a lookup among ~20 label
+/// keys that share long prefixes (`node-role.kubernetes.io/`, `feature.node.kubernetes.io/`)
+/// mostly compares lengths and reads bytes only for keys of the same length. It is the
+/// planner's hottest path: several lookups per node per reconcile.
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 impl std::ops::Index<&str> for NodeLabels {
@@ -305,14 +316,14 @@ fn converged_selection(spec: &KataConfigSpec, nodes: &[NodeInfo]) -> (Vec<String
     let kata_nodes = nodes
         .iter()
         .filter(|n| n.is_control_plane())
-        .map(|n| n.name.clone())
+        .map(|n| n.name.to_string())
         .collect();
     if spec.check_node_eligibility {
         let ineligible: Vec<_> = nodes
             .iter()
             .filter(|n| n.is_control_plane())
             .filter(|n| n.labels.get(NFD_KATA_LABEL) != Some("true"))
-            .map(|n| n.name.as_str())
+            .map(|n| &*n.name)
             .collect();
         if !ineligible.is_empty() {
             warnings.push(format!(
@@ -375,15 +386,15 @@ fn labelled_selection(
     for node in nodes {
         let wanted = candidate(node) && selector::matches(&sel, &node.labels);
         if wanted {
-            kata_nodes.push(node.name.clone());
+            kata_nodes.push(node.name.to_string());
         }
         match (wanted, node.has_label(KATA_ROLE_LABEL)) {
             (true, false) => label_changes.push(LabelChange::Add {
-                node: node.name.clone(),
+                node: node.name.to_string(),
                 label: KATA_ROLE_LABEL,
             }),
             (false, true) => label_changes.push(LabelChange::Remove {
-                node: node.name.clone(),
+                node: node.name.to_string(),
                 label: KATA_ROLE_LABEL,
             }),
             _ => {}
@@ -479,6 +490,55 @@ pub(crate) mod tests {
         };
         let s = select_nodes(&spec_with(Some(sel), false), &standard_cluster()).expect("valid");
         assert_eq!(s.kata_nodes, ["w0", "w2"]);
+    }
+
+    #[test]
+    fn node_labels_find_every_key_whatever_its_length_or_prefix() {
+        // Keys of equal length, shared prefixes and one a prefix of another: the length-first
+        // order must still find each, miss absent ones, and keep working after writes.
+        let keys = [
+            "a",
+            "b",
+            "ab",
+            "node-role.kubernetes.io/worker",
+            "node-role.kubernetes.io/master",
+            "node-role.kubernetes.io/kata-oc",
+            "node-role.kubernetes.io/control-plane",
+            "kubernetes.io/os",
+        ];
+        let mut labels: NodeLabels = keys.iter().map(|k| (*k, format!("v-{k}"))).collect();
+        for k in keys {
+            assert_eq!(labels.get(k), Some(format!("v-{k}").as_str()), "{k}");
+        }
+        for absent in [
+            "",
+            "c",
+            "ba",
+            "node-role.kubernetes.io/infra",
+            "kubernetes.io/o",
+        ] {
+            assert_eq!(labels.get(absent), None, "{absent}");
+        }
+        assert_eq!(labels.insert("aa".into(), "new".into()), None);
+        assert_eq!(
+            labels.insert("a".into(), "again".into()).as_deref(),
+            Some("v-a")
+        );
+        assert_eq!(
+            labels.remove("node-role.kubernetes.io/master").as_deref(),
+            Some("v-node-role.kubernetes.io/master")
+        );
+        assert_eq!(labels.get("aa"), Some("new"));
+        assert_eq!(labels.get("a"), Some("again"));
+        assert!(!labels.contains_key("node-role.kubernetes.io/master"));
+        assert!(labels.contains_key("node-role.kubernetes.io/worker"));
+        assert_eq!(labels.len(), keys.len());
+        // Debug output stays in key order, whatever the storage order.
+        let shown = format!("{labels:?}");
+        assert!(
+            shown.starts_with(r#"{"a": "again", "aa": "new", "ab": "#),
+            "{shown}"
+        );
     }
 
     #[test]

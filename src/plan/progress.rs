@@ -97,7 +97,7 @@ pub fn classify(nodes: &[NodeInfo], input: &ProgressInput) -> Progress {
         if want {
             p.nodes.node_count += 1;
         }
-        let name = node.name.clone();
+        let name = node.name.to_string();
         let lists = &mut p.nodes;
         match node.annotation(MCO_STATE) {
             Some("Degraded") => {

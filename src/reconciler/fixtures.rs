@@ -186,12 +186,12 @@ pub fn apply_one(obs: &mut Observed, a: &Action) {
             }
         }
         Action::LabelNode(n) => {
-            if let Some(node) = obs.nodes.iter_mut().find(|x| &x.name == n) {
+            if let Some(node) = obs.nodes.iter_mut().find(|x| *x.name == **n) {
                 node.labels.insert(KATA_ROLE_LABEL.into(), String::new());
             }
         }
         Action::UnlabelNode(n) => {
-            if let Some(node) = obs.nodes.iter_mut().find(|x| &x.name == n) {
+            if let Some(node) = obs.nodes.iter_mut().find(|x| *x.name == **n) {
                 node.labels.remove(KATA_ROLE_LABEL);
             }
         }
@@ -269,7 +269,7 @@ pub fn vanilla(kc: KataConfig, names: &[&str]) -> Observed {
     let nodes = names
         .iter()
         .map(|n| NodeInfo {
-            name: n.to_string(),
+            name: (*n).into(),
             ..Default::default()
         })
         .collect();
@@ -291,11 +291,11 @@ pub fn installer_settle(obs: &mut Observed, crashing: &[&str]) {
     let mut pods = Vec::new();
     for n in &mut obs.nodes {
         let selected = n.has_label(KATA_ROLE_LABEL) && obs.installer.daemon_set.is_some();
-        let crash = crashing.contains(&n.name.as_str());
+        let crash = crashing.contains(&&*n.name);
         if selected {
             pods.push(InstallerPod {
                 name: format!("kata-node-installer-{}", n.name),
-                node: n.name.clone(),
+                node: n.name.to_string(),
                 ready: !crash,
                 terminating: false,
                 failure: crash.then(|| "CrashLoopBackOff, last terminated with Error (exit code 1): containerd config not found".to_string()),

@@ -289,13 +289,13 @@ pub(super) fn move_nodes(
                 if join_now {
                     actions.push(Action::LabelNode(node.clone()));
                 }
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
+                if let Some(n) = nodes.iter_mut().find(|n| *n.name == **node) {
                     n.labels.insert(KATA_ROLE_LABEL.to_string(), String::new());
                 }
             }
             LabelChange::Remove { node, .. } => {
                 actions.push(Action::UnlabelNode(node.clone()));
-                if let Some(n) = nodes.iter_mut().find(|n| &n.name == node) {
+                if let Some(n) = nodes.iter_mut().find(|n| *n.name == **node) {
                     n.labels.remove(KATA_ROLE_LABEL);
                 }
             }

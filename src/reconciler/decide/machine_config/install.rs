@@ -320,7 +320,7 @@ mod tests {
     fn degraded_node_is_named_with_the_mco_reason_and_recovery_clears_it() {
         let mut obs = observed(kc(json!({})), three_workers());
         converge(&mut obs);
-        let n = obs.nodes.iter_mut().find(|n| n.name == "w1").expect("w1");
+        let n = obs.nodes.iter_mut().find(|n| &*n.name == "w1").expect("w1");
         n.annotations.insert(MCO_STATE.into(), "Degraded".into());
         n.annotations.insert(
             MCO_REASON.into(),
@@ -348,7 +348,7 @@ mod tests {
             "a degraded node does not make us rewrite anything"
         );
         apply_all(&mut obs, &d);
-        let n = obs.nodes.iter_mut().find(|n| n.name == "w1").expect("w1");
+        let n = obs.nodes.iter_mut().find(|n| &*n.name == "w1").expect("w1");
         n.annotations.insert(MCO_STATE.into(), "Done".into());
         n.annotations.remove(MCO_REASON);
         let d = decide(&obs);

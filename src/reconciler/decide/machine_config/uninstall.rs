@@ -59,7 +59,7 @@ fn removals(obs: &Observed) -> Vec<Action> {
         .nodes
         .iter()
         .filter(|n| n.has_label(KATA_ROLE_LABEL))
-        .map(|n| Action::UnlabelNode(n.name.clone()))
+        .map(|n| Action::UnlabelNode(n.name.to_string()))
         .collect();
     if obs.runtime_class.is_some() {
         actions.push(Action::Delete {
@@ -236,7 +236,7 @@ mod tests {
         let d = decide_any(&obs);
         apply_all(&mut obs, &d);
         mco_settle(&mut obs);
-        let n = obs.nodes.iter_mut().find(|n| n.name == "w2").expect("w2");
+        let n = obs.nodes.iter_mut().find(|n| &*n.name == "w2").expect("w2");
         n.annotations.insert(MCO_STATE.into(), "Degraded".into());
         n.annotations
             .insert(MCO_CURRENT_CONFIG.into(), "rendered-kata-oc-k".into());

@@ -34,7 +34,7 @@ pub(in crate::reconciler::decide) fn decide_uninstall(obs: &Observed) -> Decisio
         .nodes
         .iter()
         .filter(|n| n.has_label(KATA_ROLE_LABEL))
-        .map(|n| Action::UnlabelNode(n.name.clone()))
+        .map(|n| Action::UnlabelNode(n.name.to_string()))
         .collect();
     if obs.runtime_class.is_some() {
         actions.push(Action::Delete {
