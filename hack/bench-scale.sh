@@ -9,7 +9,8 @@
 # Rows: a small-node cluster (5 labels, no annotations) at the first size, then realistic
 # nodes at every size; bytes per node is the slope of settled RSS between the two largest sizes.
 # OPERATOR=path benchmarks another operator binary (e.g. one built from an older commit);
-# FAKE_APISERVER=path uses a fake-apiserver already built (neither is rebuilt then).
+# FAKE_APISERVER=path uses a fake-apiserver already built (neither is rebuilt then); BENCH=path
+# runs an already built harness (target/release/deps/operator_alone-*) instead of `cargo bench`.
 # Loopback only; every loop in the bench is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,9 @@ trap 'rm -rf "$OUT"' EXIT
 run() { # name, args...
     local name=$1; shift
     echo "== $name: $*" >&2
-    cargo bench --bench operator_alone -- --operator "$OPERATOR" --fake-apiserver "$FAKE_APISERVER" \
+    local harness=(cargo bench --bench operator_alone --)
+    [ -n "${BENCH:-}" ] && harness=("$BENCH")
+    "${harness[@]}" --operator "$OPERATOR" --fake-apiserver "$FAKE_APISERVER" \
         "$@" "${EXTRA[@]}" | tee "$OUT/$name" >&2
 }
 first=${SIZES%% *}

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
-use sandboxed_containers_operator::cache::{ClusterCache, InitialList, detect_initial_list};
+use sandboxed_containers_operator::cache::{
+    ClusterCache, InitialList, PAGED_LIST_LIMIT, detect_initial_list,
+};
 use sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE;
 use sandboxed_containers_operator::observability::Metrics;
 use testkit::{FakeApi, Fault, FaultKind, envtest, node_json};
@@ -73,17 +75,20 @@ async fn watches_stream_their_first_state_when_the_server_has_streaming_lists() 
 #[tokio::test]
 async fn watches_fall_back_to_paged_lists_when_the_server_refuses_streaming_lists() {
     let fake = FakeApi::new();
-    create_nodes(&fake.client_as("kubelet"), 0..3).await;
+    // Two full pages and a part: a page is decoded whole, so its size bounds the peak memory.
+    let nodes = 2 * PAGED_LIST_LIMIT as usize + 50;
+    create_nodes(&fake.client_as("kubelet"), 0..nodes).await;
     // What a server without the WatchList feature answers to `sendInitialEvents=true`.
     fake.inject(Fault::on("watch", "namespaces", FaultKind::Status(422), 1));
     let shutdown = CancellationToken::new();
     let cache = synced_cache(fake.client(), &shutdown).await;
     assert_eq!(cache.initial_list().await, InitialList::Paged);
-    assert_eq!(cache.nodes().len(), 3);
+    assert_eq!(cache.nodes().len(), nodes);
     let verbs = operator_node_verbs(&fake);
-    assert!(
-        verbs.iter().any(|v| v == "list"),
-        "paged lists list the nodes first: {verbs:?}"
+    assert_eq!(
+        verbs.iter().filter(|v| *v == "list").count(),
+        3,
+        "paged lists list the nodes {PAGED_LIST_LIMIT} a page: {verbs:?}"
     );
     shutdown.cancel();
 }
