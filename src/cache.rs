@@ -61,12 +61,12 @@ pub enum InitialList {
     Paged,
 }
 
-/// Objects per page of a paged list. A page is decoded whole, `managedFields` included (a
-/// realistic node's metadata decodes to tens of KiB), and the allocator keeps what a page
-/// needed: at kube-runtime's default of 500, a real kube-apiserver's node pages set the
-/// operator's peak and settled RSS at 2,000 nodes. 100 keeps a page to a few MiB for five times
-/// as many requests, once per relist.
-pub const PAGED_LIST_LIMIT: u32 = 100;
+/// Objects per page of a paged list (kube-runtime's default, stated here because the page sets
+/// the fallback's memory). A page is decoded whole, `managedFields` included: on a real
+/// kube-apiserver without streaming lists, the first page of 500 realistic node metadata set
+/// the operator's peak RSS at 2,000 nodes (docs/scale.md). 100 a page lowered that peak but
+/// was not kept: the one real-server run with it did not settle, for reasons not yet known.
+pub const PAGED_LIST_LIMIT: u32 = 500;
 
 impl InitialList {
     /// The watcher configuration of this strategy.
