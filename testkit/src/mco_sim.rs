@@ -348,18 +348,8 @@ impl Sim {
             }
             retry_at = None;
             let (p, m, n) = (pools.state(), mcs.state(), nodes.state());
-            let result = match self.render_crcs(&p, &m, &crcs.state()).await {
-                // A generated MachineConfig just changed and the cache does not show it yet:
-                // a pool rendered now would miss it and roll its nodes twice. Render next pass
-                // (which alone counts as having acted on these caches).
-                Ok(true) => {
-                    retry_at = Some(Instant::now() + self.step);
-                    continue;
-                }
-                Ok(false) => self.reconcile(&p, &m, &n).await,
-                Err(e) => Err::<(), _>(e).and(self.reconcile(&p, &m, &n).await),
-            };
-            if let Err(e) = result {
+            let crc_result = self.render_crcs(&p, &m, &crcs.state()).await;
+            if let Err(e) = crc_result.and(self.reconcile(&p, &m, &n).await) {
                 tracing::debug!("mco-sim: {e:#}; retrying");
                 retry_at = Some(Instant::now() + self.step);
             }
@@ -384,13 +374,12 @@ impl Sim {
 
     /// The MCO's ContainerRuntimeConfig controller: one generated MachineConfig per selected pool
     /// (`99-<pool>-generated-containerruntime`, role label = pool), removed when no longer wanted.
-    /// True when it wrote or deleted one.
     async fn render_crcs(
         &mut self,
         pools: &[Arc<MachineConfigPool>],
         mcs: &[Arc<MachineConfig>],
         crcs: &[Arc<ContainerRuntimeConfig>],
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         let api = Api::<MachineConfig>::all(self.client.clone());
         let mut crcs: Vec<&ContainerRuntimeConfig> = crcs.iter().map(|c| c.as_ref()).collect();
         crcs.sort_by_key(|c| c.name_any());
@@ -422,7 +411,6 @@ impl Sim {
             wanted.insert(name, mc);
         }
         let mut result = Ok(());
-        let mut changed = false;
         for (name, mc) in &wanted {
             let have = mcs.iter().find(|m| m.name_any() == *name);
             let same = have.is_some_and(|m| {
@@ -433,28 +421,23 @@ impl Sim {
                         == mc["metadata"]["labels"]["machineconfiguration.openshift.io/role"]
                             .as_str()
             });
-            if same {
-                continue;
-            }
-            match api
-                .patch(
-                    name,
-                    &PatchParams::apply("mco-sim").force(),
-                    &Patch::Apply(mc),
-                )
-                .await
+            if !same
+                && let Err(e) = api
+                    .patch(
+                        name,
+                        &PatchParams::apply("mco-sim").force(),
+                        &Patch::Apply(mc),
+                    )
+                    .await
             {
-                Ok(_) => changed = true,
-                Err(e) => {
-                    result = Err(e).with_context(|| format!("write generated MachineConfig {name}"))
-                }
+                result = Err(e).with_context(|| format!("write generated MachineConfig {name}"));
             }
         }
         for m in mcs {
             let name = m.name_any();
             if name.ends_with("-generated-containerruntime") && !wanted.contains_key(&name) {
                 match api.delete(&name, &Default::default()).await {
-                    Ok(_) => changed = true,
+                    Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
                         result =
@@ -463,7 +446,7 @@ impl Sim {
                 }
             }
         }
-        result.map(|()| changed)
+        result
     }
 
     /// A node's MCO annotations, with our own not-yet-observed writes on top.
