@@ -256,6 +256,41 @@ pub fn converge(obs: &mut Observed) -> usize {
     panic!("did not converge: {:?}", decide(obs));
 }
 
+/// Ten rounds of reconcile + MCO from `obs` without interruption: how many actions they took.
+pub fn actions_of_an_uninterrupted_run(obs: &Observed) -> usize {
+    let mut obs = obs.clone();
+    let mut total = 0;
+    for _ in 0..10 {
+        let d = decide(&obs);
+        total += d.actions.len();
+        apply_all(&mut obs, &d);
+        mco_settle(&mut obs);
+    }
+    total
+}
+
+/// The same rounds, cut short after `crash_after` actions (a crash between two writes): what a
+/// restarted reconciler finds. Each round that finished also wrote its status.
+pub fn run_until_crash(obs: &Observed, crash_after: usize) -> Observed {
+    let mut obs = obs.clone();
+    let mut done = 0;
+    for _ in 0..10 {
+        let d = decide(&obs);
+        for a in &d.actions {
+            if done == crash_after {
+                return obs;
+            }
+            apply_one(&mut obs, a);
+            done += 1;
+        }
+        if let Some(s) = &d.status {
+            obs.kata_config.status = Some(s.clone());
+        }
+        mco_settle(&mut obs);
+    }
+    obs
+}
+
 pub fn three_workers() -> Vec<NodeInfo> {
     vec![worker("w0", &[]), worker("w1", &[]), worker("w2", &[])]
 }

@@ -110,7 +110,8 @@ mod tests {
     use crate::reconciler::action::Outcome;
     use crate::reconciler::decide::decide as decide_any;
     use crate::reconciler::fixtures::{
-        apply_all, apply_one, converge, kc, mco_settle, now, observed, worker,
+        actions_of_an_uninterrupted_run, apply_all, converge, kc, mco_settle, now, observed,
+        run_until_crash, worker,
     };
     use crate::reconciler::observe::PodInfo;
     use crate::reconciler::status;
@@ -257,37 +258,13 @@ mod tests {
     fn crash_between_any_two_uninstall_steps_resumes_to_the_same_end() {
         let base = installed();
         // Record the full action sequence of an uninterrupted run.
-        let mut total = 0;
-        {
-            let mut obs = base.clone();
-            for _ in 0..10 {
-                let d = decide_any(&obs);
-                total += d.actions.len();
-                apply_all(&mut obs, &d);
-                mco_settle(&mut obs);
-            }
-        }
+        let total = actions_of_an_uninterrupted_run(&base);
         assert!(
             total >= 8,
             "expected a multi-step uninstall, got {total} actions"
         );
         for crash_after in 0..=total {
-            let mut obs = base.clone();
-            let mut done = 0;
-            'run: for _ in 0..10 {
-                let d = decide_any(&obs);
-                for a in &d.actions {
-                    if done == crash_after {
-                        break 'run;
-                    }
-                    apply_one(&mut obs, a);
-                    done += 1;
-                }
-                if let Some(s) = &d.status {
-                    obs.kata_config.status = Some(s.clone());
-                }
-                mco_settle(&mut obs);
-            }
+            let mut obs = run_until_crash(&base, crash_after);
             // Restart: a fresh reconciler sees only the cluster.
             for _ in 0..10 {
                 let d = decide_any(&obs);
@@ -320,37 +297,13 @@ mod tests {
         let mut reference = fresh.clone();
         converge(&mut reference);
         // Every action of the whole install, in order.
-        let mut total = 0;
-        {
-            let mut obs = fresh.clone();
-            for _ in 0..10 {
-                let d = decide_any(&obs);
-                total += d.actions.len();
-                apply_all(&mut obs, &d);
-                mco_settle(&mut obs);
-            }
-        }
+        let total = actions_of_an_uninterrupted_run(&fresh);
         assert!(
             total >= 9,
             "finalizer, pool, 2 MCs, CRC, 3 labels, RuntimeClass: {total}"
         );
         for crash_after in 0..=total {
-            let mut obs = fresh.clone();
-            let mut done = 0;
-            'run: for _ in 0..10 {
-                let d = decide_any(&obs);
-                for a in &d.actions {
-                    if done == crash_after {
-                        break 'run;
-                    }
-                    apply_one(&mut obs, a);
-                    done += 1;
-                }
-                if let Some(s) = &d.status {
-                    obs.kata_config.status = Some(s.clone());
-                }
-                mco_settle(&mut obs);
-            }
+            let mut obs = run_until_crash(&fresh, crash_after);
             mco_settle(&mut obs);
             converge(&mut obs);
             assert_eq!(
