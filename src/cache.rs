@@ -3,8 +3,8 @@
 //! annotations), RuntimeClasses, KataConfigs and Namespaces (metadata only, labels) are read by
 //! the reconciler and by the webhooks alike, so each is listed and watched once; API discovery
 //! ([`crate::discovery`]) is re-checked on an interval. Subscribers learn what changed in a way
-//! that matters (the node record, or a fingerprint of the fields anyone reads), so a heartbeat
-//! never wakes them.
+//! that matters (for a node, what the planner reads of it; otherwise a fingerprint of the
+//! fields anyone reads), so neither a heartbeat nor another controller's label wakes them.
 //!
 //! Memory on a large cluster: the first state of every watch comes from a streaming list
 //! ([`InitialList::Streaming`], detected once per process) so no page of 500 objects is ever
@@ -36,11 +36,13 @@ use crate::api::{KataConfig, active_kata_config, kata_config_in_force};
 use crate::discovery::{self, ServedApis};
 use crate::observability::metrics::Metrics;
 use crate::plan::NodeInfo;
+use crate::plan::nodes::planner_reads_change;
 
 /// Which shared kind changed in a way some reader cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Labels or MCO annotations of a node, or the set of nodes.
+    /// What the planner reads of a node (MCO annotations, role and kata labels, labels a
+    /// KataConfig selects on), or the set of nodes.
     Nodes,
     RuntimeClasses,
     KataConfigs,
@@ -186,9 +188,9 @@ impl ClusterCache {
         CacheWriters,
         watch::Sender<Option<InitialList>>,
     ) {
-        let (nodes, node_w) = NodeStore::new();
         let (runtime_classes, rc_w) = reflector::store();
         let (kata_configs, kc_w) = reflector::store();
+        let (nodes, node_w) = NodeStore::new(kata_configs.clone());
         let (namespaces, ns_w) = reflector::store();
         let (served_w, served) = watch::channel(None);
         let (initial_list_w, initial_list) = watch::channel(None);
@@ -427,7 +429,8 @@ struct NodeStore {
 }
 
 impl NodeStore {
-    fn new() -> (NodeStore, NodeWriter) {
+    /// `kata_configs`: whose selectors say which labels the planner reads.
+    fn new(kata_configs: Store<KataConfig>) -> (NodeStore, NodeWriter) {
         let nodes = Arc::new(RwLock::new(BTreeMap::new()));
         let (ready_tx, ready) = watch::channel(false);
         (
@@ -440,6 +443,7 @@ impl NodeStore {
                 ready: ready_tx,
                 relist: None,
                 strings: Interner::default(),
+                kata_configs,
             },
         )
     }
@@ -464,24 +468,31 @@ pub struct NodeWriter {
     /// The records of a (re)list in progress.
     relist: Option<BTreeMap<String, NodeInfo>>,
     strings: Interner,
+    kata_configs: Store<KataConfig>,
 }
 
 impl NodeWriter {
-    /// Applies one watch event; true when it changed a record (a label or an MCO annotation,
-    /// or the set of nodes): a heartbeat, a network-plugin annotation or a status update
-    /// changes nothing.
+    /// Applies one watch event; true when it changed what the planner reads (see
+    /// [`planner_reads_change`]): the set of nodes, an MCO annotation, a role or kata label, a
+    /// label a KataConfig selects on. A heartbeat, a network-plugin annotation, a status update
+    /// or another controller's label is stored (a later selector may read it) but says nothing.
     pub fn apply_watcher_event(&mut self, ev: &Event<PartialObjectMeta<Node>>) -> bool {
         match ev {
             Event::Apply(n) => {
                 let record = self.record(n);
                 let mut nodes = self.write();
-                if nodes.get(&*record.name) == Some(&record) {
-                    return false;
-                }
+                let fire = match nodes.get(&*record.name) {
+                    Some(old) if *old == record => return false,
+                    Some(old) => {
+                        let specs = self.kata_configs.state();
+                        planner_reads_change(old, &record, specs.iter().map(|k| &k.spec))
+                    }
+                    None => true,
+                };
                 nodes.insert(record.name.to_string(), record);
                 drop(nodes);
                 self.strings.prune();
-                true
+                fire
             }
             Event::Delete(n) => self.write().remove(&n.name_any()).is_some(),
             Event::Init => {
@@ -863,10 +874,32 @@ mod tests {
             .annotations_mut()
             .insert("example.com/heartbeat".into(), "5".into());
         assert!(!n.apply_watcher_event(&Event::Apply(heartbeat)));
-        // What is read does change.
+        // A label no KataConfig selects on, as kube-controller-manager adds to every node: kept
+        // for a later selector, but no change.
         let mut relabelled = raw_node("6", "b", serde_json::json!({}));
+        relabelled
+            .labels_mut()
+            .insert("beta.kubernetes.io/os".into(), "linux".into());
         relabelled.labels_mut().insert("zone".into(), "a".into());
+        assert!(!n.apply_watcher_event(&Event::Apply(relabelled.clone())));
+        assert_eq!(cache.nodes()[0].labels.get("zone"), Some("a"));
+        // Once a KataConfig selects on `zone`, a change of it is one.
+        let spec = serde_json::json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}});
+        let kc = KataConfig::new("example", serde_json::from_value(spec).expect("spec"));
+        w.kataconfigs.apply_watcher_event(&Event::Apply(kc));
+        let n = &mut w.nodes;
+        relabelled.labels_mut().insert("zone".into(), "b".into());
         assert!(n.apply_watcher_event(&Event::Apply(relabelled)));
+        // What is read whatever the KataConfig: the role labels.
+        let mut unworkered = raw_node("6", "b", serde_json::json!({}));
+        unworkered.labels_mut().insert("zone".into(), "b".into());
+        unworkered
+            .labels_mut()
+            .insert("beta.kubernetes.io/os".into(), "linux".into());
+        unworkered
+            .labels_mut()
+            .remove(crate::names::WORKER_ROLE_LABEL);
+        assert!(n.apply_watcher_event(&Event::Apply(unworkered)));
         let mut working = raw_node("7", "b", serde_json::json!({}));
         working
             .annotations_mut()

@@ -114,6 +114,30 @@ struct Operator {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    /// Reconciles so far, whatever their result.
+    fn reconciles(&self) -> u64 {
+        ["success", "error", "invalid_spec"]
+            .iter()
+            .map(|l| self.metrics.reconciliations.with_label_values(&[l]).get())
+            .sum()
+    }
+
+    /// Until no reconcile has run for `quiet`.
+    async fn settle(&self, quiet: Duration) {
+        let start = std::time::Instant::now();
+        let (mut last, mut since) = (self.reconciles(), std::time::Instant::now());
+        while since.elapsed() < quiet {
+            assert!(start.elapsed() < HANG_GUARD, "the operator never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.reconciles() != last {
+                (last, since) = (self.reconciles(), std::time::Instant::now());
+            }
+        }
+    }
 }
 
 fn start_operator(client: &Client) -> Operator {
@@ -131,7 +155,7 @@ fn start_operator(client: &Client) -> Operator {
             backoff_max: Duration::from_secs(2),
             ..Default::default()
         },
-        metrics,
+        metrics.clone(),
         readiness.clone(),
         shutdown.clone(),
     ));
@@ -139,6 +163,7 @@ fn start_operator(client: &Client) -> Operator {
         shutdown,
         task,
         readiness,
+        metrics,
     }
 }
 
@@ -193,6 +218,136 @@ async fn scenarios_on_a_real_api_server() {
         .await
         .expect("operator ServiceAccount client");
     lifecycle(env.client.clone(), operator).await;
+}
+
+/// kube-controller-manager's node lifecycle controller puts `beta.kubernetes.io/os` and
+/// `beta.kubernetes.io/arch` back on every node that lacks them: a real controller rewriting,
+/// node by node, labels the planner does not read. That must wake no reconcile (at 2,000 nodes
+/// it kept the operator reconciling twice a second for minutes); a label the selector reads must.
+#[tokio::test]
+async fn a_real_controller_relabelling_nodes_wakes_no_reconcile_on_a_real_api_server() {
+    let Some(env) = envtest::start().await else {
+        return;
+    };
+    if !env.has_controller_manager() {
+        eprintln!(
+            "SKIP: no kube-controller-manager in KUBEBUILDER_ASSETS: nothing relabels the nodes"
+        );
+        return;
+    }
+    let client = env.client.clone();
+    let operator = env
+        .operator_client(sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE)
+        .await
+        .expect("operator ServiceAccount client");
+    // As a kubelet registers a node: the controller copies these two into the beta labels.
+    const OS: &str = "kubernetes.io/os";
+    const ARCH: &str = "kubernetes.io/arch";
+    for i in 0..3 {
+        apply_json::<Node>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("m{i}"),
+                "labels": {MASTER_ROLE_LABEL: "", CONTROL_PLANE_ROLE_LABEL: "", OS: "linux", ARCH: "amd64"}}}),
+        )
+        .await;
+    }
+    for (i, zone) in ["a", "b"].iter().enumerate() {
+        apply_json::<Node>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("w{i}"),
+                "labels": {WORKER_ROLE_LABEL: "", "zone": zone, OS: "linux", ARCH: "amd64"}}}),
+        )
+        .await;
+    }
+    let _sim = McoSimulator::spawn(
+        client.clone(),
+        SimOptions {
+            create_default_pools: true,
+            step: Duration::from_millis(100),
+        },
+    )
+    .await
+    .expect("mco simulator");
+    let op = start_operator(&operator);
+    apply_json::<KataConfig>(
+        &client,
+        json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+            "metadata": {"name": "example"}, "spec": {"kataConfigPoolSelector": {"matchExpressions":
+                [{"key": "zone", "operator": "NotIn", "values": ["z"]}]}}}),
+    )
+    .await;
+    ready(&client, "example").await;
+    const BETA: [&str; 2] = ["beta.kubernetes.io/os", "beta.kubernetes.io/arch"];
+    let nodes = Api::<Node>::all(client.clone());
+    let all_beta_labelled = || {
+        let nodes = nodes.clone();
+        async move {
+            let list = nodes.list(&Default::default()).await.expect("nodes").items;
+            list.iter()
+                .all(|n| BETA.iter().all(|k| n.labels().contains_key(*k)))
+                .then_some(list)
+        }
+    };
+    let labelled = wait(
+        "kube-controller-manager beta-labels every node",
+        all_beta_labelled,
+    )
+    .await;
+    let writer = |n: &Node| {
+        n.managed_fields()
+            .iter()
+            .find(|f| {
+                f.fields_v1
+                    .as_ref()
+                    .is_some_and(|v| v.0.to_string().contains("beta.kubernetes.io/os"))
+            })
+            .and_then(|f| f.manager.clone())
+    };
+    assert_eq!(
+        writer(&labelled[0]).as_deref(),
+        Some("kube-controller-manager"),
+        "the beta labels come from the real controller"
+    );
+    op.settle(Duration::from_secs(2)).await;
+    let before = op.reconciles();
+    // Take them off every node; the controller puts them back, node by node.
+    let strip = json!({"metadata": {"labels": {BETA[0]: null, BETA[1]: null}}});
+    for n in &labelled {
+        nodes
+            .patch(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&strip),
+            )
+            .await
+            .expect("strip beta labels");
+    }
+    wait(
+        "kube-controller-manager relabels every node",
+        all_beta_labelled,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        op.reconciles(),
+        before,
+        "labels nothing reads, removed and put back on every node, woke the reconciler"
+    );
+    // A label the selector reads does wake it, so the count above could have moved.
+    nodes
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"zone": "c"}}})),
+        )
+        .await
+        .expect("edit zone");
+    wait("a reconcile after a selected label changed", || async {
+        (op.reconciles() > before).then_some(())
+    })
+    .await;
+    op.shutdown.cancel();
+    op.task.await.expect("join").expect("clean stop");
 }
 
 /// The same walk against the in-memory API, so the scenario itself is known to be right even

@@ -897,7 +897,11 @@ fn reconciles(op: &Operator) -> u64 {
 async fn node_events_changing_only_unread_metadata_trigger_no_reconcile() {
     let c = cluster(3).await;
     let op = c.start_operator();
-    c.create_kc("example", json!({})).await;
+    // Every worker, through a selector that reads `zone`.
+    let selector =
+        json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["z"]}]});
+    c.create_kc("example", json!({"kataConfigPoolSelector": selector}))
+        .await;
     c.wait_ready("example").await;
     // Quiet: no reconcile for 500 ms (trailing events drained).
     let (mut last, mut since, start) = (reconciles(&op), Instant::now(), Instant::now());
@@ -932,13 +936,33 @@ async fn node_events_changing_only_unread_metadata_trigger_no_reconcile() {
         .patch_status("w2", &as_writer("kubelet"), &merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})))
         .await
         .expect("node status");
+    // Labels nothing reads: kube-controller-manager's beta OS label on every node, an NFD
+    // feature label.
+    for name in ["w0", "w1", "w2"] {
+        nodes
+            .patch(
+                name,
+                &as_writer("kube-controller-manager"),
+                &merge(json!({"metadata": {"labels": {"beta.kubernetes.io/os": "linux"}}})),
+            )
+            .await
+            .expect("beta label");
+    }
+    nodes
+        .patch(
+            "w2",
+            &as_writer("nfd-master"),
+            &merge(json!({"metadata": {"labels": {"feature.node.kubernetes.io/cpu-model.family": "6"}}})),
+        )
+        .await
+        .expect("NFD label");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         reconciles(&op),
         before,
         "a node event that changes nothing the operator reads must not reconcile"
     );
-    // A label edit does reconcile, so the count above could have moved.
+    // An edit of a label the selector reads does reconcile, so the count above could have moved.
     nodes
         .patch(
             "w1",

@@ -9,9 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 
 use crate::api::KataConfigSpec;
 use crate::names::{
-    CONTROL_PLANE_ROLE_LABEL, KATA_POOL, KATA_ROLE_LABEL, MASTER_POOL, MASTER_ROLE_LABEL,
-    MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE, NFD_KATA_LABEL,
-    WORKER_ROLE_LABEL,
+    CONTROL_PLANE_ROLE_LABEL, KATA_POOL, KATA_ROLE_LABEL, KATA_RUNTIME_LABEL, MASTER_POOL,
+    MASTER_ROLE_LABEL, MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE,
+    NFD_KATA_LABEL, WORKER_ROLE_LABEL,
 };
 use crate::selector::{self, FieldError};
 
@@ -75,6 +75,50 @@ pub const NODE_ANNOTATIONS: [&str; 4] = [
     MCO_STATE,
     MCO_REASON,
 ];
+
+/// The node labels the planner reads whatever the KataConfig says: the roles, the kata role and
+/// runtime labels, NFD's kata label. Any other label matters only as a key of a KataConfig's
+/// `kataConfigPoolSelector`.
+pub const NODE_LABELS_READ: [&str; 6] = [
+    WORKER_ROLE_LABEL,
+    MASTER_ROLE_LABEL,
+    CONTROL_PLANE_ROLE_LABEL,
+    KATA_ROLE_LABEL,
+    KATA_RUNTIME_LABEL,
+    NFD_KATA_LABEL,
+];
+
+/// Whether going from `old` to `new` (records of one node) can change anything the planner
+/// decides for a KataConfig among `specs`: an MCO annotation, or a label in
+/// [`NODE_LABELS_READ`] or a selector's keys. Other labels are rewritten by other controllers
+/// (kube-controller-manager adds `beta.kubernetes.io/os` to every node, NFD refreshes its
+/// feature labels) and must not wake the reconciler on each node.
+pub fn planner_reads_change<'a>(
+    old: &NodeInfo,
+    new: &NodeInfo,
+    specs: impl IntoIterator<Item = &'a KataConfigSpec> + Clone,
+) -> bool {
+    if old.name != new.name || old.annotations != new.annotations {
+        return true;
+    }
+    let changed = |k: &str| old.labels.get(k) != new.labels.get(k);
+    let read = |k: &str| {
+        NODE_LABELS_READ.contains(&k) || specs.clone().into_iter().any(|s| selector_reads(s, k))
+    };
+    old.labels
+        .keys()
+        .chain(new.labels.keys())
+        .any(|k| changed(k) && read(k))
+}
+
+/// Whether the `kataConfigPoolSelector` of `spec` looks at label `key`.
+fn selector_reads(spec: &KataConfigSpec, key: &str) -> bool {
+    let Some(sel) = &spec.kata_config_pool_selector else {
+        return false;
+    };
+    sel.match_labels.iter().flatten().any(|(k, _)| k == key)
+        || sel.match_expressions.iter().flatten().any(|r| r.key == key)
+}
 
 /// Labels (or annotations) of a node record: (key, value) pairs sorted by key behind one `Arc`,
 /// each string shared. A snapshot of 5,000 nodes copies pointers, not 100,000 strings, and a
@@ -467,6 +511,120 @@ pub(crate) mod tests {
             worker("w1", &[("zone", "b")]),
             worker("w2", &[("zone", "a"), (NFD_KATA_LABEL, "true")]),
         ]
+    }
+
+    fn with_label(n: &NodeInfo, key: &str, value: &str) -> NodeInfo {
+        let mut n = n.clone();
+        n.labels.insert(key.into(), value.into());
+        n
+    }
+
+    fn zone_selector() -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: Some([("zone".to_string(), "a".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "example.com/pool".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["general".into()]),
+            }]),
+        })
+    }
+
+    #[test]
+    fn planner_reads_roles_kata_labels_selector_keys_and_mco_annotations() {
+        let none = spec_with(None, false);
+        let zone = spec_with(zone_selector(), false);
+        let w = worker("w0", &[("zone", "a")]);
+        // What kube-controller-manager, NFD or a cloud controller write: never read.
+        for (k, v) in [
+            ("beta.kubernetes.io/os", "linux"),
+            ("feature.node.kubernetes.io/cpu-model.family", "6"),
+            ("node.kubernetes.io/instance-type", "m6i.2xlarge"),
+        ] {
+            let new = with_label(&w, k, v);
+            assert!(!planner_reads_change(&w, &new, [&none, &zone]), "{k}");
+        }
+        // Roles and the kata labels, whatever the selector.
+        for k in NODE_LABELS_READ {
+            assert!(
+                planner_reads_change(&w, &with_label(&w, k, "x"), [&none]),
+                "{k}"
+            );
+        }
+        // A selector's keys, from matchLabels and from matchExpressions, only while selected on.
+        for k in ["zone", "example.com/pool"] {
+            let new = with_label(&w, k, "general");
+            assert!(planner_reads_change(&w, &new, [&zone]), "{k}");
+            assert!(planner_reads_change(&w, &new, [&none, &zone]), "{k}");
+            assert!(!planner_reads_change(&w, &new, [&none]), "{k}");
+        }
+        // A label removed is a change too.
+        let mut gone = w.clone();
+        gone.labels.remove("zone");
+        assert!(planner_reads_change(&w, &gone, [&zone]));
+        // The MCO's state of the node.
+        let mut working = w.clone();
+        working
+            .annotations
+            .insert(MCO_STATE.into(), "Working".into());
+        assert!(planner_reads_change(&w, &working, [&none]));
+    }
+
+    /// The contract [`planner_reads_change`] states, checked against the planner itself: adding
+    /// a label it calls unread to every node changes no selection, topology or progress.
+    #[test]
+    fn a_label_the_planner_does_not_read_changes_no_plan() {
+        let clusters = [
+            standard_cluster(),
+            vec![master("m0", true), master("m1", true), master("m2", true)],
+        ];
+        let specs = [
+            spec_with(None, false),
+            spec_with(None, true),
+            spec_with(zone_selector(), false),
+            spec_with(zone_selector(), true),
+        ];
+        let unread = [
+            ("beta.kubernetes.io/arch", "amd64"),
+            ("feature.node.kubernetes.io/kernel-version.major", "5"),
+            ("example.com/pool", "general"),
+            ("zone", "b"),
+        ];
+        let mut checked = 0;
+        for nodes in &clusters {
+            for spec in &specs {
+                for (k, v) in unread {
+                    let touched: Vec<_> = nodes.iter().map(|n| with_label(n, k, v)).collect();
+                    let read = nodes
+                        .iter()
+                        .zip(&touched)
+                        .any(|(a, b)| planner_reads_change(a, b, [spec]));
+                    if read {
+                        continue;
+                    }
+                    checked += 1;
+                    let why = format!("{k} with {spec:?}");
+                    assert_eq!(Topology::detect(nodes), Topology::detect(&touched), "{why}");
+                    assert_eq!(
+                        select_nodes(spec, nodes),
+                        select_nodes(spec, &touched),
+                        "{why}"
+                    );
+                    assert_eq!(
+                        select_installer_nodes(spec, nodes),
+                        select_installer_nodes(spec, &touched),
+                        "{why}"
+                    );
+                    assert_eq!(
+                        crate::plan::node_installer::classify(nodes, &[], false),
+                        crate::plan::node_installer::classify(&touched, &[], false),
+                        "{why}"
+                    );
+                }
+            }
+        }
+        // Every (cluster, spec) pair but the selector keys under a selector: 2 × (4 × 4 − 4).
+        assert_eq!(checked, 24);
     }
 
     #[test]
