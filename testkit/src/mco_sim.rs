@@ -348,8 +348,11 @@ impl Sim {
             }
             retry_at = None;
             let (p, m, n) = (pools.state(), mcs.state(), nodes.state());
-            let crc_result = self.render_crcs(&p, &m, &crcs.state()).await;
-            if let Err(e) = crc_result.and(self.reconcile(&p, &m, &n).await) {
+            // Pools render from the MachineConfigs as this pass leaves them: a generated one
+            // just written is not in the cache yet, and rendering without it would roll every
+            // node of the pool twice.
+            let (m_now, crc_result) = self.render_crcs(&p, &m, &crcs.state()).await;
+            if let Err(e) = crc_result.and(self.reconcile(&p, &m_now, &n).await) {
                 tracing::debug!("mco-sim: {e:#}; retrying");
                 retry_at = Some(Instant::now() + self.step);
             }
@@ -374,11 +377,25 @@ impl Sim {
 
     /// The MCO's ContainerRuntimeConfig controller: one generated MachineConfig per selected pool
     /// (`99-<pool>-generated-containerruntime`, role label = pool), removed when no longer wanted.
+    /// Returns `mcs` with this pass's writes and deletes applied, and how the writes went.
     async fn render_crcs(
         &mut self,
         pools: &[Arc<MachineConfigPool>],
         mcs: &[Arc<MachineConfig>],
         crcs: &[Arc<ContainerRuntimeConfig>],
+    ) -> (Vec<Arc<MachineConfig>>, anyhow::Result<()>) {
+        let mut now: BTreeMap<String, Arc<MachineConfig>> =
+            mcs.iter().map(|m| (m.name_any(), m.clone())).collect();
+        let result = self.write_generated(pools, mcs, crcs, &mut now).await;
+        (now.into_values().collect(), result)
+    }
+
+    async fn write_generated(
+        &mut self,
+        pools: &[Arc<MachineConfigPool>],
+        mcs: &[Arc<MachineConfig>],
+        crcs: &[Arc<ContainerRuntimeConfig>],
+        now: &mut BTreeMap<String, Arc<MachineConfig>>,
     ) -> anyhow::Result<()> {
         let api = Api::<MachineConfig>::all(self.client.clone());
         let mut crcs: Vec<&ContainerRuntimeConfig> = crcs.iter().map(|c| c.as_ref()).collect();
@@ -421,24 +438,36 @@ impl Sim {
                         == mc["metadata"]["labels"]["machineconfiguration.openshift.io/role"]
                             .as_str()
             });
-            if !same
-                && let Err(e) = api
-                    .patch(
-                        name,
-                        &PatchParams::apply("mco-sim").force(),
-                        &Patch::Apply(mc),
-                    )
-                    .await
+            if same {
+                continue;
+            }
+            match api
+                .patch(
+                    name,
+                    &PatchParams::apply("mco-sim").force(),
+                    &Patch::Apply(mc),
+                )
+                .await
             {
-                result = Err(e).with_context(|| format!("write generated MachineConfig {name}"));
+                Ok(written) => {
+                    now.insert(name.clone(), Arc::new(written));
+                }
+                Err(e) => {
+                    result =
+                        Err(e).with_context(|| format!("write generated MachineConfig {name}"));
+                }
             }
         }
         for m in mcs {
             let name = m.name_any();
             if name.ends_with("-generated-containerruntime") && !wanted.contains_key(&name) {
                 match api.delete(&name, &Default::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Ok(_) => {
+                        now.remove(&name);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        now.remove(&name);
+                    }
                     Err(e) => {
                         result =
                             Err(e).with_context(|| format!("delete generated MachineConfig {name}"))
