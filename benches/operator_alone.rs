@@ -17,10 +17,12 @@
 //!    simulator (`testkit::McoSimulator`, playing the MCO) its per-node state; M namespaces.
 //! 3. The operator starts; a KataConfig selects 3 workers; the simulator rolls them out. Once
 //!    the KataConfig reports 3 ready nodes and no reconcile ran for 3 s: VmHWM (peak), VmRSS.
-//! 4. K reconciles by KataConfig annotation edits and K by node label edits, each awaited through
-//!    `kata_operator_reconciliations_total`; CPU (utime+stime of the operator) per reconcile.
-//! 5. E node events that change nothing the operator reads (a heartbeat annotation): CPU per
-//!    event, and the reconciles they caused (must be 0).
+//! 4. K reconciles by KataConfig annotation edits and K by edits of the label the selector reads
+//!    (on workers it leaves out), each awaited through `kata_operator_reconciliations_total`;
+//!    CPU (utime+stime of the operator) per reconcile.
+//! 5. E node events that change nothing the operator reads (a heartbeat annotation, or an
+//!    NFD-style feature label, in turn): CPU per event, and the reconciles they caused (must
+//!    be 0).
 //!
 //! Loopback only; every loop and wait is bounded.
 
@@ -532,7 +534,10 @@ impl Operator {
             .arg("--health-bind")
             .arg(health.to_string())
             .env("KUBECONFIG", &cluster.operator_kubeconfig)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("OPERATOR_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
@@ -725,7 +730,11 @@ async fn bench(o: &Opts, cluster: &Cluster) {
                 .patch(
                     &format!("worker-{}", 3 + i * 97 % (workers - 3)),
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": {"bench/touch": i.to_string()}}})),
+                    // The selector's key with a value it does not pick: read, so it reconciles,
+                    // and the worker stays out of kata.
+                    &Patch::Merge(
+                        json!({"metadata": {"labels": {"custom-kata1": format!("not-kata-{i}")}}}),
+                    ),
                 )
                 .await
                 .expect("touch node label");
@@ -735,7 +744,8 @@ async fn bench(o: &Opts, cluster: &Cluster) {
     result("node_label.reconciles", n);
     result("node_label.cpu_ms", format!("{cpu:.2}"));
 
-    // Node events nobody reads: a heartbeat-like annotation on E different nodes.
+    // Node events nobody reads, on E different nodes: a heartbeat-like annotation, or a label
+    // no selector reads (NFD refreshing a feature label), in turn.
     op.settle(Duration::from_secs(2)).await;
     let before = op.reconciles().await;
     let cpu = cpu_time(pid);
@@ -747,7 +757,11 @@ async fn bench(o: &Opts, cluster: &Cluster) {
                     .patch(
                         &format!("worker-{}", i % workers),
                         &patch_as("ovnkube"),
-                        &Patch::Merge(json!({"metadata": {"annotations": {"k8s.ovn.org/heartbeat": i.to_string()}}})),
+                        &Patch::Merge(if i % 2 == 0 {
+                            json!({"metadata": {"annotations": {"k8s.ovn.org/heartbeat": i.to_string()}}})
+                        } else {
+                            json!({"metadata": {"labels": {"feature.node.kubernetes.io/bench-refresh": i.to_string()}}})
+                        }),
                     )
                     .await
                     .map(|_| ())

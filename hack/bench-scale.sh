@@ -11,6 +11,8 @@
 # OPERATOR=path benchmarks another operator binary (e.g. one built from an older commit);
 # FAKE_APISERVER=path uses a fake-apiserver already built (neither is rebuilt then); BENCH=path
 # runs an already built harness (target/release/deps/operator_alone-*) instead of `cargo bench`.
+# OPERATOR_RUST_LOG sets the operator's log filter (default info; its log's path is printed as
+# RESULT operator.log), e.g. to see what starts each reconcile.
 # Loopback only; every loop in the bench is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
