@@ -7,7 +7,7 @@
 //! fields anyone reads), so neither a heartbeat nor another controller's label wakes them.
 //!
 //! Memory on a large cluster: the first state of every watch comes from a streaming list
-//! ([`InitialList::Streaming`], detected once per process) so no page of 500 objects is ever
+//! ([`InitialList::Streaming`], detected once per process) so no page of objects is ever
 //! held, and a node costs a few hundred bytes of shared strings and pointers.
 //!
 //! [`spawn_reflector`] is also how the reconciler runs the watches of what it alone reads, with
@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::WatchParams;
 use kube::core::{PartialObjectMeta, WatchEvent};
@@ -37,6 +37,9 @@ use crate::discovery::{self, ServedApis};
 use crate::observability::metrics::Metrics;
 use crate::plan::NodeInfo;
 use crate::plan::nodes::planner_reads_change;
+
+mod node_meta;
+pub use node_meta::NodeMeta;
 
 /// Which shared kind changed in a way some reader cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +66,11 @@ pub enum InitialList {
     Paged,
 }
 
-/// Objects per page of a paged list (kube-runtime's default, stated here because the page sets
-/// the fallback's memory). A page is decoded whole, `managedFields` included: on a real
-/// kube-apiserver without streaming lists, the first page of 500 realistic node metadata set
-/// the operator's peak RSS at 2,000 nodes (docs/scale.md). 100 a page lowered that peak but
-/// was not kept: the one real-server run with it did not settle, for reasons not yet known.
-pub const PAGED_LIST_LIMIT: u32 = 500;
+/// Objects per page of a paged list. A page is decoded whole, `managedFields` included: on a
+/// real kube-apiserver without streaming lists, kube-runtime's default of 500 realistic node
+/// metadata set the operator's peak RSS (docs/scale.md), so pages are smaller; 100 costs one
+/// more request per 100 objects at startup and relist only.
+pub const PAGED_LIST_LIMIT: u32 = 100;
 
 impl InitialList {
     /// The watcher configuration of this strategy.
@@ -364,9 +366,9 @@ struct SharedWriters {
     namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
-/// The four shared watches. Nodes and namespaces are watched metadata-only
-/// (`Api<PartialObjectMeta<_>>`: the server sends neither `spec` nor `status`, e.g. a node's
-/// image list), and only what is read is kept.
+/// The four shared watches. Nodes and namespaces are watched metadata-only (the server sends
+/// neither `spec` nor `status`, e.g. a node's image list), and only what is read is kept: a
+/// node is decoded as [`NodeMeta`], which skips its `managedFields` while parsing.
 fn start_shared_watches(
     client: &Client,
     w: SharedWriters,
@@ -386,7 +388,7 @@ fn start_shared_watches(
     };
     spawn_node_watch(
         w.nodes,
-        watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()),
+        watcher::watcher(Api::<NodeMeta>::all(client.clone()), cfg()),
         notify(Change::Nodes),
         metrics,
         shutdown,
@@ -476,7 +478,7 @@ impl NodeWriter {
     /// [`planner_reads_change`]): the set of nodes, an MCO annotation, a role or kata label, a
     /// label a KataConfig selects on. A heartbeat, a network-plugin annotation, a status update
     /// or another controller's label is stored (a later selector may read it) but says nothing.
-    pub fn apply_watcher_event(&mut self, ev: &Event<PartialObjectMeta<Node>>) -> bool {
+    pub fn apply_watcher_event(&mut self, ev: &Event<NodeMeta>) -> bool {
         match ev {
             Event::Apply(n) => {
                 let record = self.record(n);
@@ -521,7 +523,7 @@ impl NodeWriter {
         }
     }
 
-    fn record(&mut self, n: &PartialObjectMeta<Node>) -> NodeInfo {
+    fn record(&mut self, n: &NodeMeta) -> NodeInfo {
         NodeInfo::from_meta_with(&n.metadata, &mut |s| self.strings.intern(s))
     }
 
@@ -573,7 +575,7 @@ fn spawn_node_watch<S>(
     shutdown: &CancellationToken,
 ) -> JoinHandle<()>
 where
-    S: Stream<Item = Result<Event<PartialObjectMeta<Node>>, watcher::Error>> + Send + 'static,
+    S: Stream<Item = Result<Event<NodeMeta>, watcher::Error>> + Send + 'static,
 {
     let metrics = metrics.clone();
     let shutdown = shutdown.clone();
@@ -760,8 +762,8 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn node(name: &str, labels: &[(&str, &str)], rv: &str) -> PartialObjectMeta<Node> {
-        PartialObjectMeta {
+    fn node(name: &str, labels: &[(&str, &str)], rv: &str) -> NodeMeta {
+        NodeMeta {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 resource_version: Some(rv.into()),
@@ -773,7 +775,6 @@ mod tests {
                 ),
                 ..Default::default()
             },
-            ..Default::default()
         }
     }
 
@@ -803,7 +804,7 @@ mod tests {
     }
 
     /// A node as the API server sends it: metadata with OVN annotations and managedFields.
-    fn raw_node(rv: &str, ovn: &str, extra: serde_json::Value) -> PartialObjectMeta<Node> {
+    fn raw_node(rv: &str, ovn: &str, extra: serde_json::Value) -> NodeMeta {
         use crate::names::{MCO_CURRENT_CONFIG, MCO_DESIRED_CONFIG, MCO_REASON, MCO_STATE};
         let mut meta = serde_json::json!({
             "name": "worker-0", "resourceVersion": rv,
@@ -983,7 +984,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_waiters_on_one_store_all_wake() {
-        let (store, mut writer) = reflector::store::<Node>();
+        let (store, mut writer) = reflector::store::<k8s_openapi::api::core::v1::Node>();
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let s = store.clone();

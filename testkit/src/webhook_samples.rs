@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -92,7 +92,7 @@ pub fn populate(w: &mut CacheWriters) {
     ]
     .into_iter()
     .map(|(name, extra)| {
-        let mut n = PartialObjectMeta::<Node>::default();
+        let mut n = sandboxed_containers_operator::cache::NodeMeta::default();
         n.metadata.name = Some(name.into());
         n.metadata.labels = Some(labels(&[
             (WORKER_ROLE_LABEL, ""),
