@@ -31,7 +31,7 @@ use sandboxed_containers_operator::observability::Readiness;
 use sandboxed_containers_operator::reconciler;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use testkit::{McoSimulator, SimOptions, envtest};
+use testkit::{McoSimulator, SimHandle, SimOptions, envtest};
 use tokio_util::sync::CancellationToken;
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -108,6 +108,35 @@ where
         .create(&PostParams::default(), &obj)
         .await
         .expect("create");
+}
+
+/// Three masters, a worker per zone (`w0`, `w1`, ...), then the MCO simulator with the default
+/// pools. `registered`: the nodes carry the OS and arch labels a kubelet registers.
+async fn nodes_and_simulator(client: &Client, zones: &[&str], registered: bool) -> SimHandle {
+    let node = |name: String, mut labels: Value| {
+        if registered {
+            labels["kubernetes.io/os"] = json!("linux");
+            labels["kubernetes.io/arch"] = json!("amd64");
+        }
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+    };
+    for i in 0..3 {
+        let roles = json!({MASTER_ROLE_LABEL: "", CONTROL_PLANE_ROLE_LABEL: ""});
+        apply_json::<Node>(client, node(format!("m{i}"), roles)).await;
+    }
+    for (i, zone) in zones.iter().enumerate() {
+        let labels = json!({WORKER_ROLE_LABEL: "", "zone": zone});
+        apply_json::<Node>(client, node(format!("w{i}"), labels)).await;
+    }
+    McoSimulator::spawn(
+        client.clone(),
+        SimOptions {
+            create_default_pools: true,
+            step: Duration::from_millis(100),
+        },
+    )
+    .await
+    .expect("mco simulator")
 }
 
 struct Operator {
@@ -240,34 +269,8 @@ async fn a_real_controller_relabelling_nodes_wakes_no_reconcile_on_a_real_api_se
         .operator_client(sandboxed_containers_operator::names::DEFAULT_OPERATOR_NAMESPACE)
         .await
         .expect("operator ServiceAccount client");
-    // As a kubelet registers a node: the controller copies these two into the beta labels.
-    const OS: &str = "kubernetes.io/os";
-    const ARCH: &str = "kubernetes.io/arch";
-    for i in 0..3 {
-        apply_json::<Node>(
-            &client,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("m{i}"),
-                "labels": {MASTER_ROLE_LABEL: "", CONTROL_PLANE_ROLE_LABEL: "", OS: "linux", ARCH: "amd64"}}}),
-        )
-        .await;
-    }
-    for (i, zone) in ["a", "b"].iter().enumerate() {
-        apply_json::<Node>(
-            &client,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("w{i}"),
-                "labels": {WORKER_ROLE_LABEL: "", "zone": zone, OS: "linux", ARCH: "amd64"}}}),
-        )
-        .await;
-    }
-    let _sim = McoSimulator::spawn(
-        client.clone(),
-        SimOptions {
-            create_default_pools: true,
-            step: Duration::from_millis(100),
-        },
-    )
-    .await
-    .expect("mco simulator");
+    // As a kubelet registers them: the controller copies the OS and arch into the beta labels.
+    let _sim = nodes_and_simulator(&client, &["a", "b"], true).await;
     let op = start_operator(&operator);
     apply_json::<KataConfig>(
         &client,
@@ -363,31 +366,7 @@ async fn scenarios_on_the_in_memory_api() {
 async fn lifecycle(client: Client, operator: Client) {
     let logs =
         testkit::logs::capture("sandboxed_containers_operator=debug,kube_runtime=debug,warn");
-    for i in 0..3 {
-        apply_json::<Node>(
-            &client,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("m{i}"),
-                "labels": {MASTER_ROLE_LABEL: "", CONTROL_PLANE_ROLE_LABEL: ""}}}),
-        )
-        .await;
-    }
-    for (i, zone) in ["a", "b", "a"].iter().enumerate() {
-        apply_json::<Node>(
-            &client,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("w{i}"),
-                "labels": {WORKER_ROLE_LABEL: "", "zone": zone}}}),
-        )
-        .await;
-    }
-    let sim = McoSimulator::spawn(
-        client.clone(),
-        SimOptions {
-            create_default_pools: true,
-            step: Duration::from_millis(100),
-        },
-    )
-    .await
-    .expect("mco simulator");
+    let sim = nodes_and_simulator(&client, &["a", "b", "a"], false).await;
     let op = start_operator(&operator);
 
     // 1. First install.
