@@ -25,26 +25,6 @@ pub struct NodeMeta {
     pub metadata: ObjectMeta,
 }
 
-impl NodeMeta {
-    /// The record of `metadata` as this type would have decoded it (tests, the bench).
-    pub fn from_metadata(metadata: ObjectMeta) -> Self {
-        let annotations = metadata.annotations.map(|a| {
-            a.into_iter()
-                .filter(|(k, _)| NODE_ANNOTATIONS.contains(&k.as_str()))
-                .collect()
-        });
-        NodeMeta {
-            metadata: ObjectMeta {
-                name: metadata.name,
-                resource_version: metadata.resource_version,
-                labels: metadata.labels,
-                annotations,
-                ..Default::default()
-            },
-        }
-    }
-}
-
 impl Resource for NodeMeta {
     type DynamicType = ();
     type Scope = ClusterResourceScope;
@@ -113,10 +93,6 @@ fn mco_annotations<'de, D: Deserializer<'de>>(
             f.write_str("a map of annotations")
         }
 
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
         fn visit_none<E>(self) -> Result<Self::Value, E> {
             Ok(None)
         }
@@ -166,6 +142,32 @@ mod tests {
         })
     }
 
+    /// What a decode keeps of `metadata`, computed the plain way.
+    fn kept_of(metadata: ObjectMeta) -> NodeMeta {
+        let annotations = metadata.annotations.map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| NODE_ANNOTATIONS.contains(&k.as_str()))
+                .collect()
+        });
+        NodeMeta {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                resource_version: metadata.resource_version,
+                labels: metadata.labels,
+                annotations,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// kube sends `Accept: ...;as=PartialObjectMetadata` for a type that says so: without it the
+    /// server would send whole nodes (their images and conditions) to be skipped here.
+    #[test]
+    fn the_node_watch_asks_the_metadata_api() {
+        assert!(NodeMeta::metadata_api());
+        assert_eq!(NodeMeta::url_path(&(), None), "/api/v1/nodes");
+    }
+
     #[test]
     fn a_node_keeps_name_version_labels_and_the_mco_annotations_only() {
         let n: NodeMeta = serde_json::from_value(wire_node("worker-0")).expect("node");
@@ -181,7 +183,7 @@ mod tests {
             .collect();
         assert_eq!(kept, [MCO_CURRENT_CONFIG, MCO_STATE]);
         assert!(m.managed_fields.is_none() && m.uid.is_none() && m.creation_timestamp.is_none());
-        let from_meta: NodeMeta = NodeMeta::from_metadata(
+        let from_meta: NodeMeta = kept_of(
             serde_json::from_value(wire_node("worker-0")["metadata"].clone()).expect("meta"),
         );
         assert_eq!(from_meta.metadata, n.metadata, "both ways keep the same");

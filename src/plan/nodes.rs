@@ -98,7 +98,7 @@ pub fn planner_reads_change<'a>(
     new: &NodeInfo,
     specs: impl IntoIterator<Item = &'a KataConfigSpec> + Clone,
 ) -> bool {
-    if old.name != new.name || old.annotations != new.annotations {
+    if old.annotations != new.annotations {
         return true;
     }
     let changed = |k: &str| old.labels.get(k) != new.labels.get(k);
@@ -571,7 +571,8 @@ pub(crate) mod tests {
     }
 
     /// The contract [`planner_reads_change`] states, checked against the planner itself: adding
-    /// a label it calls unread to every node changes no selection, topology or progress.
+    /// a label it calls unread to every node changes no selection, topology or node-installer
+    /// progress.
     #[test]
     fn a_label_the_planner_does_not_read_changes_no_plan() {
         let clusters = [
